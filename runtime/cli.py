@@ -1,0 +1,102 @@
+"""The `crossrank` command: one dispatcher, each subcommand in the module that owns it.
+
+    crossrank export SOURCE OUT [...]   crossrank.export.cli   (needs crossrank[export])
+    crossrank info DIR [--json]         crossrank.info_cli
+    crossrank rerank DIR --query ...    crossrank.rerank_cli
+    crossrank bench DIR [...]           crossrank.bench.cli    (needs crossrank[bench])
+
+Each subcommand module exposes ``register(subparsers)`` which adds its parser and sets
+``func(args) -> int``. Registering must stay cheap: heavy imports (torch, optimum) happen only
+inside ``func``. Every failure ends in one line on stderr and a non-zero exit code; ``--debug``
+shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+from ._version import __version__
+from .errors import CrossrankError
+
+# (module, subcommand names it registers) in the order `--help` lists them.
+_SUBCOMMAND_MODULES = (
+    "crossrank.export.cli",
+    "crossrank.info_cli",
+    "crossrank.rerank_cli",
+    "crossrank.bench.cli",
+)
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crossrank",
+        description="ONNX-optimized inference for cross-encoder rerankers.",
+    )
+    parser.add_argument("--version", action="version", version=f"crossrank {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for modname in _SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(modname)
+        except ImportError as err:  # a module that is not there yet must not break the others
+            logging.getLogger("crossrank").debug("subcommand module %s unavailable: %s", modname, err)
+            continue
+        module.register(sub)
+    return parser
+
+
+def _configure_logging(debug: bool, quiet: bool) -> None:
+    # The CLI owns the process, so it may configure handlers; the library never does.
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("crossrank")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    _configure_logging(args.debug, args.quiet)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("crossrank: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `crossrank rerank ... | head`
+        return 0
+    except CrossrankError as err:
+        if args.debug:
+            raise
+        print(f"crossrank {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as err:  # disk full, permission denied...
+        if args.debug:
+            raise
+        print(f"crossrank {args.command}: error: {err.strerror or err} ({getattr(err, 'filename', '') or ''})", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as err:  # noqa: BLE001 - last resort: one line, never a bare traceback
+        if args.debug:
+            raise
+        print(
+            f"crossrank {args.command}: unexpected error: {type(err).__name__}: {err} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

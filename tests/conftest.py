@@ -1,0 +1,65 @@
+"""Shared fixtures.
+
+* ``shared_dir``: the ../shared folder beside the repository (or $CROSSRANK_SHARED).
+* ``real_hf_model``: the trained cross-encoder from ../shared/models/crossrank-minilm-l6, built
+  once into a cache folder ($CROSSRANK_TEST_CACHE, default <repo>/.cache/tests) and reused while
+  its inputs (build.py, adapter, overrides) are unchanged.
+* ``data_file(name)``: path of a relevance set in ../shared/data.
+
+The real model and data are required: their absence is an error, not a skip.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_dir() -> Path:
+    return Path(os.environ.get("CROSSRANK_SHARED", REPO.parent / "shared")).resolve()
+
+
+def _cache_dir() -> Path:
+    d = Path(os.environ.get("CROSSRANK_TEST_CACHE", REPO / ".cache" / "tests"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    d = _shared_dir()
+    if not (d / "models" / "crossrank-minilm-l6" / "build.py").is_file():
+        pytest.fail(f"../shared is missing or incomplete at {d}; set CROSSRANK_SHARED to its location")
+    return d
+
+
+@pytest.fixture(scope="session")
+def real_hf_model(shared_dir: Path) -> Path:
+    """A standard HF folder of the trained MiniLM-L6 cross-encoder (built once, cached)."""
+    src = shared_dir / "models" / "crossrank-minilm-l6"
+    h = hashlib.sha256()
+    for name in ("build.py", "adapter.safetensors", "config_overrides.json"):
+        h.update((src / name).read_bytes())
+    out = _cache_dir() / f"crossrank-minilm-l6-{h.hexdigest()[:12]}"
+    if not (out / "model.safetensors").is_file():
+        tmp = out.with_name(out.name + ".partial")
+        subprocess.run([sys.executable, str(src / "build.py"), str(tmp)], check=True)
+        tmp.rename(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def data_file(shared_dir: Path):
+    def get(name: str) -> Path:
+        p = shared_dir / "data" / name
+        if not p.is_file():
+            pytest.fail(f"relevance data {p} is missing")
+        return p
+
+    return get
