@@ -1,0 +1,92 @@
+"""`crossrank export SOURCE OUT [...]`: the exporter's command line.
+
+Registering is cheap (argparse only); torch/optimum load when the command runs. Progress goes to
+stderr when it is a terminal and stays quiet when piped; the summary goes to stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any, TextIO
+
+__all__ = ["register"]
+
+_ACTIVATIONS = ("identity", "sigmoid", "softmax")
+_SCHEMES = ("static", "dynamic")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="export a Hugging Face cross-encoder to a validated crossrank model folder",
+        description="Export a Hugging Face sequence-classification cross-encoder (hub id or local folder) to ONNX: "
+        "fp32 and optimized variants, optionally int8 (CPU) and fp16 (CUDA), each validated against PyTorch. "
+        'Needs the export extra: pip install "crossrank[export]".',
+    )
+    p.add_argument("source", metavar="SOURCE", help="Hugging Face hub id (org/name) or local model folder")
+    p.add_argument("out", metavar="OUT", help="output folder; an existing non-crossrank folder is never overwritten")
+    p.add_argument("--revision", metavar="R", help="hub revision (branch, tag or commit) to export")
+    p.add_argument("--int8", action="store_true", help="add the int8 variant for the CPU")
+    p.add_argument("--int8-scheme", choices=_SCHEMES, help="int8 scheme: static (calibrated) or dynamic (default: crossrank's measured choice)")
+    p.add_argument("--calibration", metavar="FILE", help="query/passage pairs (JSONL) to calibrate static int8 (default: built-in)")
+    p.add_argument("--fp16", action="store_true", help="add the fp16 variant for the CUDA execution provider")
+    p.add_argument("--activation", choices=_ACTIVATIONS, help="override the score activation read from config.json")
+    p.add_argument("--positive-label", metavar="L", help="label name or index that means relevant (multi-label models)")
+    p.add_argument("--max-length", metavar="N", type=int, help="tokens per pair (default: what the model can read)")
+    p.add_argument("--validation", metavar="FILE", help="query/passage pairs (JSONL) to validate with (default: built-in)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) weights; only for sources you trust")
+    p.add_argument("--force", action="store_true", help="replace OUT if it is a crossrank model folder")
+    p.add_argument("--keep-failed", action="store_true", help="keep variants that miss their validation thresholds (marked failed)")
+    p.add_argument("--opset", metavar="N", type=int, help="ONNX opset (default: optimum's for the architecture)")
+    p.set_defaults(func=_run)
+
+
+class _TerminalProgress:
+    """`[3/10] Exporting ...` lines on a terminal; the previous step's time is shown on the next line."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.t0 = time.perf_counter()
+
+    def __call__(self, message: str, step: int, total: int) -> None:
+        elapsed = time.perf_counter() - self.t0
+        self.stream.write(f"[{step}/{total}] {message}  ({elapsed:.0f} s)\n")
+        self.stream.flush()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from crossrank.info_cli import format_summary
+
+    from . import export_model
+
+    interactive = sys.stderr.isatty() and not getattr(args, "quiet", False)
+    started = time.perf_counter()
+    manifest = export_model(
+        args.source,
+        args.out,
+        revision=args.revision,
+        int8=args.int8,
+        int8_scheme=args.int8_scheme,
+        calibration=args.calibration,
+        fp16=args.fp16,
+        activation=args.activation,
+        positive_label=args.positive_label,
+        max_length=args.max_length,
+        validation=args.validation,
+        allow_pickle=args.allow_pickle,
+        force=args.force,
+        keep_failed=args.keep_failed,
+        opset=args.opset,
+        progress=_TerminalProgress(sys.stderr) if interactive else None,
+    )
+    seconds = time.perf_counter() - started
+    from pathlib import Path
+
+    out = Path(args.out).expanduser().absolute()
+    failed = [name for name, v in manifest.variants.items() if v.validation.get("passed") is False]
+    print(f"exported {args.source} to {out} in {seconds:.1f} s")
+    print(format_summary(manifest, out))
+    if failed:
+        print(f"warning: kept variants that FAILED validation: {', '.join(failed)}", file=sys.stderr)
+    return 0

@@ -1,0 +1,114 @@
+"""Safe writes: build the model folder beside its destination, move it into place at the end.
+
+* The folder is built in a hidden staging folder in the same parent (same filesystem, so the
+  final move is an atomic rename); scratch files live in a ``.work`` folder inside it.
+* An existing destination that is not a crossrank model folder is never touched
+  (:class:`OutputExistsError`), except an empty folder. A crossrank folder is replaced only with
+  ``force``: the old one is renamed aside, the new one moved in, then the old one deleted (and
+  restored if the move fails).
+* Any failure or interruption (``KeyboardInterrupt`` included) before the move deletes the staging
+  folder: nothing is left behind. Only a hard kill can leave a hidden ``.NAME.crossrank-partial-*``.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+from crossrank.errors import ExportError, OutputExistsError
+from crossrank.manifest import MANIFEST_NAME, is_model_folder
+
+__all__ = ["StagedFolder", "check_destination"]
+
+log = logging.getLogger("crossrank.export")
+
+
+def check_destination(out: Path, *, force: bool) -> None:
+    """Refuse a destination that may not be replaced, before any work is done."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise OutputExistsError(f"{out} exists and is not a folder; choose another output path")
+    if not out.exists():
+        return
+    if is_model_folder(out):
+        if not force:
+            raise OutputExistsError(f"{out} is already a crossrank model folder; pass force=True (--force) to replace it")
+        return
+    try:
+        empty = not any(out.iterdir())
+    except OSError as err:
+        raise ExportError(f"cannot read the output folder {out}: {err.strerror or err}") from err
+    if not empty:
+        raise OutputExistsError(
+            f"{out} exists and is not a crossrank model folder (no {MANIFEST_NAME}); crossrank never overwrites it "
+            "— choose a new path or remove it yourself"
+        )
+
+
+class StagedFolder:
+    """Context manager: ``with StagedFolder(out, force=...) as stage: ...; stage.commit()``."""
+
+    def __init__(self, out: str | os.PathLike[str], *, force: bool) -> None:
+        self.out = Path(out).expanduser().absolute()
+        self.force = force
+        self.path: Path | None = None
+        self.committed = False
+
+    @property
+    def work(self) -> Path:
+        assert self.path is not None
+        w = self.path / ".work"
+        w.mkdir(exist_ok=True)
+        return w
+
+    def __enter__(self) -> "StagedFolder":
+        check_destination(self.out, force=self.force)
+        parent = self.out.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self.path = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.crossrank-partial-", dir=parent))
+        except OSError as err:
+            raise ExportError(f"cannot write to {parent}: {err.strerror or err}") from err
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if not self.committed:
+            self.discard()
+
+    def discard(self) -> None:
+        if self.path is not None and self.path.exists():
+            shutil.rmtree(self.path, ignore_errors=True)
+        self.path = None
+
+    def commit(self) -> Path:
+        """Move the finished folder into place (replacing a crossrank folder when ``force``)."""
+        assert self.path is not None, "commit outside the with block"
+        staged = self.path
+        shutil.rmtree(staged / ".work", ignore_errors=True)
+        if not (staged / MANIFEST_NAME).is_file():
+            raise ExportError(f"internal error: the staged folder has no {MANIFEST_NAME}")
+        check_destination(self.out, force=self.force)  # it may have appeared while we worked
+        aside: Path | None = None
+        if self.out.exists():
+            if is_model_folder(self.out):
+                aside = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.crossrank-old-", dir=self.out.parent))
+                aside.rmdir()
+                os.rename(self.out, aside)
+            else:  # an empty folder (check_destination allowed it)
+                self.out.rmdir()
+        try:
+            os.rename(staged, self.out)
+        except OSError as err:
+            if aside is not None:
+                os.rename(aside, self.out)
+            if err.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise OutputExistsError(f"{self.out} appeared while exporting; nothing was replaced") from err
+            raise ExportError(f"cannot move the finished folder to {self.out}: {err.strerror or err}") from err
+        self.committed = True
+        self.path = None
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        return self.out

@@ -1,0 +1,209 @@
+"""Small pieces of crossrank.export that need no model: pairs files, figures, label and activation rules."""
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from crossrank.errors import InvalidInputError, OutputExistsError, SourceModelError
+from crossrank.export import read_pairs
+from crossrank.export.pairs import builtin_validation_path
+from crossrank.export.source import resolve_activation, resolve_positive_label
+from crossrank.export.validate import check_thresholds, spearman
+from crossrank.export.writer import StagedFolder, check_destination
+
+
+# -- pairs files -------------------------------------------------------------------------------
+def test_pairs_file_formats_and_groups(tmp_path: Path) -> None:
+    f = tmp_path / "pairs.jsonl"
+    rows = [
+        {"query": "q1", "passage": "a"},
+        {"query": "q2", "documents": ["b", "c"]},
+        {},  # replaced by a blank line below
+        {"queries": ["q1", "q3"], "passages": ["d", "e"]},
+        {"query": "q2", "text": "f"},
+    ]
+    f.write_text("\n".join("" if not r else json.dumps(r) for r in rows) + "\n")
+    ps = read_pairs(f)
+    assert ps.pairs == (("q1", "a"), ("q2", "b"), ("q2", "c"), ("q1", "d"), ("q1", "e"), ("q3", "d"), ("q3", "e"), ("q2", "f"))
+    assert ps.groups == ((0, 3, 4), (1, 2, 7), (5, 6))
+    assert ps.source == str(f) and ps.num_queries == 3
+    gz = tmp_path / "pairs.jsonl.gz"
+    with gzip.open(gz, "wt", encoding="utf-8") as g:
+        g.write(f.read_text())
+    assert read_pairs(gz).pairs == ps.pairs
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "holds no query/passage pairs"),
+        ("not json\n", r":1: not a JSON line"),
+        ('{"query": "q"}\n', r":1: needs a string 'passage'"),
+        ('{"query": "q", "passages": ["a", 3]}\n', r":1: needs a string 'passage'"),
+        ('{"passage": "p"}\n', r":1: 'query' must be a string"),
+        ('[1, 2]\n', r":1: each line must be a JSON object"),
+    ],
+)
+def test_bad_pairs_files(tmp_path: Path, content: str, message: str) -> None:
+    f = tmp_path / "bad.jsonl"
+    f.write_text(content)
+    with pytest.raises(InvalidInputError, match=message):
+        read_pairs(f)
+
+
+def test_builtin_validation_set() -> None:
+    ps = read_pairs(None)
+    assert ps.source == "built-in" and builtin_validation_path().is_file()
+    assert ps.num_queries == 40 and len(ps.pairs) == 304
+    sizes = [len(g) for g in ps.groups]
+    assert min(sizes) >= 7  # top-5 agreement is meaningful for every query
+    words = [len(d.split()) for _, d in ps.pairs]
+    assert min(words) < 15 and max(words) > 600  # short passages and ones far over 512 tokens
+
+
+# -- figures -----------------------------------------------------------------------------------
+def test_spearman() -> None:
+    a = np.array([0.1, 0.5, 0.3, 0.9])
+    assert spearman(a, a * 10 + 3) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    # ties take average ranks: x ranks [1, 2.5, 2.5, 4]; y ranks [1, 2, 3, 4] -> Pearson of the ranks
+    x, y = np.array([1.0, 2.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0, 4.0])
+    rx, ry = np.array([1, 2.5, 2.5, 4]), np.array([1, 2, 3, 4.0])
+    assert spearman(x, y) == pytest.approx(np.corrcoef(rx, ry)[0, 1])
+    assert spearman(np.ones(4), np.arange(4.0)) == 0.0
+
+
+def test_check_thresholds() -> None:
+    assert check_thresholds("fp32", {"max_abs_diff": 5e-5}) == []
+    assert check_thresholds("fp32", {"max_abs_diff": 2e-4}) == ["max |Δ logit| 0.0002 > 0.0001"]
+    assert check_thresholds("fp16", {"max_abs_diff": 1.5e-2}) == []
+    assert check_thresholds("int8", {"spearman": 0.995, "max_abs_diff": 0.3}) == []
+    assert check_thresholds("int8", {"spearman": 0.98}) == ["Spearman 0.9800 < 0.99"]
+    assert check_thresholds("fp32", {"nonfinite": 3, "max_abs_diff": None}) == ["3 non-finite logits", "max_abs_diff could not be measured"]
+    assert check_thresholds("fp16", {"error": "CPUExecutionProvider cannot run it: x"}) == ["CPUExecutionProvider cannot run it: x"]
+
+
+# -- labels and activation ---------------------------------------------------------------------
+def test_positive_label_rules() -> None:
+    assert resolve_positive_label(("LABEL_0",), None) == 0
+    assert resolve_positive_label(("contradiction", "entailment", "neutral"), None) == 1
+    assert resolve_positive_label(("not_relevant", "Relevant"), None) == 1  # whole-name match, any case
+    assert resolve_positive_label(("LABEL_0", "LABEL_1", "LABEL_2"), "LABEL_2") == 2
+    assert resolve_positive_label(("LABEL_0", "LABEL_1", "LABEL_2"), "label_1") == 1
+    assert resolve_positive_label(("LABEL_0", "LABEL_1", "LABEL_2"), "2") == 2
+    assert resolve_positive_label(("a", "b"), 0) == 0
+    with pytest.raises(SourceModelError, match="none is obviously"):
+        resolve_positive_label(("LABEL_0", "LABEL_1"), None)
+    with pytest.raises(SourceModelError, match="several look relevant"):
+        resolve_positive_label(("yes", "relevant", "no"), None)
+    with pytest.raises(InvalidInputError, match="out of range"):
+        resolve_positive_label(("a", "b"), 2)
+    with pytest.raises(InvalidInputError, match="label name or index"):
+        resolve_positive_label(("a", "b"), True)
+
+
+def _src(num_labels: int, raw: dict) -> SimpleNamespace:
+    return SimpleNamespace(num_labels=num_labels, raw_config=raw)
+
+
+@pytest.mark.parametrize(
+    "raw, labels, expected",
+    [
+        ({"sentence_transformers": {"activation_fn": "torch.nn.modules.activation.Sigmoid"}}, 1, "sigmoid"),
+        ({"sentence_transformers": {"activation_fn": "torch.nn.modules.linear.Identity"}}, 1, "identity"),
+        ({"sentence_transformers": {"activation_fn": "torch.nn.Softmax"}}, 3, "softmax"),
+        ({"sbert_ce_default_activation_function": "torch.nn.modules.linear.Identity"}, 1, "identity"),
+        # the newer key wins over the older one
+        (
+            {
+                "sentence_transformers": {"activation_fn": "torch.nn.modules.activation.Sigmoid"},
+                "sbert_ce_default_activation_function": "torch.nn.modules.linear.Identity",
+            },
+            1,
+            "sigmoid",
+        ),
+        ({}, 1, "sigmoid"),  # CrossEncoder's default for one label
+        ({}, 3, "softmax"),
+    ],
+)
+def test_activation_from_config(raw: dict, labels: int, expected: str) -> None:
+    activation, origin = resolve_activation(_src(labels, raw), None)
+    assert activation == expected and origin
+
+
+def test_activation_override_and_errors() -> None:
+    assert resolve_activation(_src(1, {"sentence_transformers": {"activation_fn": "torch.nn.Sigmoid"}}), "identity")[0] == "identity"
+    with pytest.raises(SourceModelError, match="Tanh"):
+        resolve_activation(_src(1, {"sentence_transformers": {"activation_fn": "torch.nn.Tanh"}}), None)
+    with pytest.raises(SourceModelError, match="at least 2 labels"):
+        resolve_activation(_src(1, {}), "softmax")
+    with pytest.raises(InvalidInputError):
+        resolve_activation(_src(1, {}), "relu")
+
+
+# -- destination rules -------------------------------------------------------------------------
+def test_destination_rules(tmp_path: Path) -> None:
+    check_destination(tmp_path / "new", force=False)  # absent: fine
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    check_destination(empty, force=False)  # an empty folder holds nothing to lose
+    (empty / "x").write_text("x")
+    with pytest.raises(OutputExistsError):
+        check_destination(empty, force=True)
+
+
+def test_staged_folder_cleans_up_on_error(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    with pytest.raises(RuntimeError):
+        with StagedFolder(out, force=False) as stage:
+            assert stage.path is not None and stage.path.parent == tmp_path
+            (stage.path / "model.onnx").write_bytes(b"partial")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_staged_folder_commit_into_empty_folder(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    out.mkdir()
+    with StagedFolder(out, force=False) as stage:
+        (stage.work / "scratch.bin").write_bytes(b"scratch")
+        (stage.path / "crossrank.json").write_text("{}")
+        stage.commit()
+    assert sorted(p.name for p in out.iterdir()) == ["crossrank.json"]  # the scratch folder is gone
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+# -- quiet libraries ---------------------------------------------------------------------------
+def test_quiet_libraries_restores_everything() -> None:
+    from crossrank.export.quiet import quiet_libraries
+
+    lg = logging.getLogger("optimum.crossrank_test")
+    lg.setLevel(logging.INFO)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_libraries():
+            assert lg.level == logging.ERROR
+            warnings.warn("noise", UserWarning)
+        warnings.warn("after", UserWarning)
+    assert lg.level == logging.INFO
+    assert [str(w.message) for w in caught] == ["after"]
+
+
+# -- import cost -------------------------------------------------------------------------------
+def test_importing_the_exporter_and_cli_is_cheap() -> None:
+    code = (
+        "import sys, crossrank.export, crossrank.export.cli, crossrank.info_cli, crossrank.cli\n"
+        "crossrank.cli.build_parser()\n"
+        "heavy = [m for m in ('torch', 'transformers', 'optimum', 'onnx') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
