@@ -10,6 +10,7 @@ from .errors import (
     CrossrankError,
     ExportError,
     InferenceError,
+    InputTypeError,
     IntegrityError,
     InvalidInputError,
     ManifestError,
@@ -23,9 +24,13 @@ from .errors import (
     VariantNotFoundError,
 )
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, load_manifest
+from .reranker import Reranker, Result, ScoreInfo
 
 __all__ = [
     "__version__",
+    "Reranker",
+    "Result",
+    "ScoreInfo",
     "apply_activation",
     "load_manifest",
     "Manifest",
@@ -39,6 +44,7 @@ __all__ = [
     "ProviderError",
     "InferenceError",
     "InvalidInputError",
+    "InputTypeError",
     "MissingDependencyError",
     "ExportError",
     "SourceModelError",

@@ -14,6 +14,7 @@ boundary with ``raise ... from err``; the original stays available as ``__cause_
     ├── ProviderError               the asked-for execution provider is not usable
     ├── InferenceError              onnxruntime failed while scoring
     ├── InvalidInputError           bad argument to a public call (also a ValueError)
+    ├── InputTypeError              argument of the wrong type, e.g. a non-str document (also a TypeError)
     ├── MissingDependencyError      an optional extra (export, bench, gpu) is not installed (also ImportError)
     ├── ExportError                 crossrank.export failures
     │   ├── SourceModelError        the source model is missing, not a sequence classifier, unsafe weights
@@ -33,6 +34,7 @@ __all__ = [
     "ProviderError",
     "InferenceError",
     "InvalidInputError",
+    "InputTypeError",
     "MissingDependencyError",
     "ExportError",
     "SourceModelError",
@@ -80,6 +82,10 @@ class InferenceError(CrossrankError):
 
 class InvalidInputError(CrossrankError, ValueError):
     """A public call got an argument it cannot use."""
+
+
+class InputTypeError(CrossrankError, TypeError):
+    """A public call got an argument of the wrong type (the message names which item)."""
 
 
 class MissingDependencyError(CrossrankError, ImportError):

@@ -63,3 +63,26 @@ def data_file(shared_dir: Path):
         return p
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT cross-encoder (1 label, sigmoid) exported with every variant incl. int8 and fp16."""
+    from crossrank.export import export_model
+    from tiny_models import build_tiny_model, write_small_validation
+
+    root = tmp_path_factory.mktemp("tiny-bert")
+    hf = build_tiny_model("bert", root / "hf", num_labels=1)
+    out = root / "crossrank"
+    export_model(hf, out, int8=True, fp16=True, validation=write_small_validation(root / "val.jsonl"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_model_folder(real_hf_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """crossrank folder of the real model with all variants (exported once per test session)."""
+    from crossrank.export import export_model
+
+    out = tmp_path_factory.mktemp("real-export") / "crossrank-minilm-l6"
+    export_model(real_hf_model, out, int8=True, fp16=True)
+    return out

@@ -1,0 +1,79 @@
+"""Length-sorted, token-budgeted batches: no pair is padded beyond its batch's longest pair.
+
+:func:`plan_batches` sorts pairs by token length (ties by input position) and cuts the sorted
+run greedily into batches such that ``batch_size * padded_length <= batch_tokens`` and
+``batch_size <= max_batch_size``. A pair longer than ``batch_tokens`` on its own still gets a batch
+of one. Peak activation memory is therefore bounded by the budget, whatever the candidate count.
+:func:`pad_batch` builds the padded arrays of one batch for exactly the graph's declared inputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .errors import InvalidInputError
+from .tokenize import Encoded
+
+__all__ = ["Batch", "plan_batches", "pad_batch"]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Row positions (into the encoded pairs) of one batch and the length it is padded to."""
+
+    rows: np.ndarray  # int64 positions, shortest first
+    padded_length: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.rows), self.padded_length)
+
+
+def plan_batches(lengths: Sequence[int] | np.ndarray, *, batch_tokens: int, max_batch_size: int) -> list[Batch]:
+    """Cut pairs of the given token ``lengths`` into batches (see the module docstring)."""
+    if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int) or batch_tokens < 1:
+        raise InvalidInputError(f"batch_tokens must be a positive int, got {batch_tokens!r}")
+    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+        raise InvalidInputError(f"max_batch_size must be a positive int, got {max_batch_size!r}")
+    lens = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(lens, kind="stable")
+    batches: list[Batch] = []
+    start = 0
+    n = len(order)
+    while start < n:
+        end = start + 1
+        # Sorted ascending, so the batch's padded length is its last pair's length.
+        while end < n and end - start < max_batch_size and (end - start + 1) * int(lens[order[end]]) <= batch_tokens:
+            end += 1
+        rows = order[start:end]
+        batches.append(Batch(rows=rows, padded_length=int(lens[rows[-1]])))
+        start = end
+    return batches
+
+
+def pad_batch(
+    enc: Encoded,
+    batch: Batch,
+    *,
+    input_names: Sequence[str],
+    input_dtypes: Sequence[np.dtype],
+    pad_token_id: int,
+) -> dict[str, np.ndarray]:
+    """Padded inputs of one batch, only the declared ``input_names`` in their declared dtypes."""
+    b, width = batch.shape
+    ids = np.full((b, width), pad_token_id, dtype=np.int64)
+    mask = np.zeros((b, width), dtype=np.int64)
+    want_types = "token_type_ids" in input_names
+    types = np.zeros((b, width), dtype=np.int64) if want_types else None
+    for r, row in enumerate(batch.rows):
+        a, e = int(enc.offsets[row]), int(enc.offsets[row + 1])
+        n = e - a
+        ids[r, :n] = enc.ids[a:e]
+        mask[r, :n] = 1
+        if types is not None:
+            types[r, :n] = enc.type_ids[a:e]
+    arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    return {name: np.ascontiguousarray(arrays[name], dtype=dt) for name, dt in zip(input_names, input_dtypes)}
+

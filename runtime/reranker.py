@@ -1,0 +1,421 @@
+"""The Reranker: load a crossrank model folder, score and rank (query, document) pairs.
+
+    from crossrank import Reranker
+    rr = Reranker.load("./minilm")                    # int8 on CPU, fp16 on CUDA
+    rr.rerank("How do I export my data?", docs, top_k=3)
+    rr.score("How do I export my data?", docs)        # np.ndarray, input order
+
+One Reranker holds one onnxruntime session for its whole life and is safe to share between
+threads: every call keeps its state local (no "last call" attributes).
+"""
+from __future__ import annotations
+
+import logging
+import numbers
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence, overload
+
+import numpy as np
+
+from .activation import apply_activation
+from .batching import plan_batches, pad_batch
+from .errors import InputTypeError, InvalidInputError, ModelFolderError
+from .manifest import Manifest, load_manifest, verify_file
+from .session import OnnxSession, SessionOptions, _FellBack, choose_variant, resolve_provider
+from .tokenize import PairEncoder
+
+__all__ = ["Reranker", "Result", "ScoreInfo", "DEFAULT_BATCHING", "DYNAMIC_INT8_MAX_BATCH_SIZE"]
+
+log = logging.getLogger("crossrank.reranker")
+
+# Batching defaults per provider: (batch_tokens, max_batch_size).
+# CPU, measured with the real MiniLM-L6 int8 and optimized fp32 graphs on TREC DL 2020 passages
+# (BM25 top-50/top-100, pairs of 34-160 tokens) on a 2-core AVX2 EPYC, 8 queries x 2 rounds,
+# every configuration in the same run (see the runtime report): budgets of 1k-2k padded tokens
+# per batch were fastest; batches of one pair cost ~20% more (per-run overhead) and one padded
+# batch of all pairs ~70% more (padding and attention over the longest pair). 2048 keeps a
+# 512-token pair at batch 4 and 100-token passages at batch ~20.
+# CUDA: not measured here (no GPU); larger batches keep a GPU busy, so the budget is 16x the CPU's.
+DEFAULT_BATCHING = {"cpu": (2048, 64), "cuda": (32768, 256)}
+# A dynamically quantized int8 graph computes activation scales over the whole padded batch, so
+# a pair's score moves with its batch mates (measured on the real model: up to 0.1 in sigmoid
+# score). Its default is one pair per run: exactly batch-invariant, ~15-25% slower than batching.
+DYNAMIC_INT8_MAX_BATCH_SIZE = 1
+
+
+@dataclass(frozen=True)
+class Result:
+    """One ranked document: its position in the caller's list, its score and the text."""
+
+    index: int
+    score: float
+    document: str
+    truncated: bool = False  # the pair was longer than max_length and the document was cut
+
+
+@dataclass(frozen=True)
+class ScoreInfo:
+    """What happened to the pairs of one call (returned by ``score(..., return_info=True)``)."""
+
+    truncated: np.ndarray  # bool per pair, input order: the document lost tokens
+    query_truncated: int  # distinct queries cut to max_query_tokens
+    batch_shapes: tuple[tuple[int, int], ...]  # (batch size, padded length) of each ORT run, in run order
+
+    @property
+    def num_truncated(self) -> int:
+        return int(self.truncated.sum())
+
+
+class Reranker:
+    """A cross-encoder reranker over one variant of a crossrank model folder.
+
+    Create it with :meth:`load`. Attributes: ``path``, ``manifest``, ``variant`` (the loaded
+    variant name), ``providers`` (the execution providers onnxruntime actually granted),
+    ``max_length``, ``batch_tokens``, ``max_batch_size``.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: Path,
+        manifest: Manifest,
+        variant: str,
+        session: OnnxSession,
+        encoder: PairEncoder,
+        batch_tokens: int,
+        max_batch_size: int,
+    ) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.variant = variant
+        self._session = session
+        self._encoder = encoder
+        self.batch_tokens = batch_tokens
+        self.max_batch_size = max_batch_size
+
+    # -- construction ----------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        variant: str = "auto",
+        provider: str = "auto",
+        threads: int | None = None,
+        max_length: int | None = None,
+        max_query_tokens: int | None = None,
+        batch_tokens: int | None = None,
+        max_batch_size: int | None = None,
+        verify: bool = True,
+        graph_optimization: str = "all",
+        spinning: bool = True,
+        memory_arena: bool = True,
+        device_id: int = 0,
+        cache_dir: str | Path | None | Literal[False] = None,
+    ) -> "Reranker":
+        """Load a model folder written by ``crossrank export``.
+
+        Args:
+            path: the model folder (holding ``crossrank.json``).
+            variant: ``"auto"`` (int8 on CPU; fp16, else optimized, else fp32 on CUDA) or a
+                variant name the folder has (``fp32``, ``optimized``, ``int8``, ``fp16``).
+            provider: ``"auto"`` (CUDA when usable, else CPU, logged), ``"cpu"`` or ``"cuda"``
+                (an error when onnxruntime has no usable CUDA provider).
+            threads: onnxruntime intra-op threads; None = onnxruntime's default (one per
+                physical core). Give 1-2 per Reranker when a service runs several.
+            max_length: tokens per pair, special tokens included; at most (and by default) the
+                manifest's ``max_length``.
+            max_query_tokens: tokens a query may use before it is cut (with a warning); default
+                half of what ``max_length`` leaves after special tokens, so a document always keeps
+                at least the other half.
+            batch_tokens: padded-token budget of one onnxruntime run (batch size x padded
+                length); bounds peak memory whatever the candidate count. Default
+                ``DEFAULT_BATCHING[provider][0]`` (2048 on CPU, measured; 32768 on CUDA).
+            max_batch_size: most pairs per run (default 64 on CPU, 256 on CUDA; 1 for an int8
+                variant quantized with the ``dynamic`` scheme, whose scores otherwise depend on
+                their batch mates).
+            verify: check the sha256 of the chosen ONNX file and of tokenizer.json against the
+                manifest (costs ~0.1 s per 100 MB); False skips it.
+            graph_optimization: onnxruntime graph optimization level at session start,
+                ``"disable" | "basic" | "extended" | "all"``. "all" (default) also folds a static
+                int8 graph's quantize/dequantize pairs into integer kernels; with the graph cache
+                this work is done once per model, onnxruntime version and CPU, not on every start.
+            spinning: let idle onnxruntime worker threads spin for new work (lowest latency; burns
+                CPU between calls). False for services that share cores with other work.
+            memory_arena: keep onnxruntime's CPU memory arena (faster repeated calls; holds the
+                peak batch's memory, which ``batch_tokens`` bounds).
+            device_id: CUDA device to use.
+            cache_dir: where CPU sessions keep onnxruntime's optimized graph between starts (see
+                :mod:`crossrank.graph_cache`): None = ``$CROSSRANK_CACHE`` or
+                ``~/.cache/crossrank``; False = no cache (every start re-optimizes).
+
+        Raises:
+            ModelFolderError: folder or file missing, unreadable model file, graph inputs not
+                matching the manifest (each naming the file).
+            ManifestError: invalid crossrank.json or one from a newer schema.
+            IntegrityError: a file's sha256 differs from the manifest (with ``verify=True``).
+            VariantNotFoundError: ``variant`` is not in the folder (the message lists those it has).
+            ProviderError: ``provider="cuda"`` without a usable CUDA execution provider.
+            InvalidInputError: an option out of range.
+        """
+        folder = Path(path).expanduser()
+        manifest = load_manifest(folder)
+        if not isinstance(verify, bool):
+            raise InvalidInputError(f"verify must be True or False; got {verify!r}")
+        if cache_dir is False:
+            cache: Path | None = None
+        elif cache_dir is None:
+            from .graph_cache import default_cache_dir  # noqa: PLC0415
+
+            cache = default_cache_dir()
+        elif isinstance(cache_dir, (str, Path)):
+            cache = Path(cache_dir)
+        else:
+            raise InvalidInputError(f"cache_dir must be a folder path, None (default location) or False (off); got {cache_dir!r}")
+        options = SessionOptions(
+            threads=threads,
+            graph_optimization=graph_optimization,
+            spinning=spinning,
+            memory_arena=memory_arena,
+            device_id=device_id,
+            cache_dir=cache,
+        )
+        options.check()
+        length = _check_max_length(max_length, manifest)
+        for name, value in (("batch_tokens", batch_tokens), ("max_batch_size", max_batch_size)):
+            if value is not None:
+                _check_positive_int(name, value)
+
+        first = resolve_provider(provider)
+        strict = provider != "auto"
+        chosen = choose_variant(manifest, variant, first)
+        tok_path = _check_file(folder, manifest.tokenizer.file, manifest.tokenizer.sha256, verify)
+        encoder = PairEncoder(
+            tok_path,
+            max_length=length,
+            num_special_tokens_pair=manifest.tokenizer.num_special_tokens_pair,
+            max_query_tokens=max_query_tokens,
+        )
+        try:
+            session = cls._open(folder, manifest, chosen, first, options, verify, strict)
+        except _FellBack as why:
+            log.warning("provider auto: CUDA is not usable (%s); falling back to the CPU", why)
+            first = "cpu"
+            chosen = choose_variant(manifest, variant, first)
+            session = cls._open(folder, manifest, chosen, first, options, verify, True)
+        default_tokens, default_batch = DEFAULT_BATCHING[session.provider]
+        spec = manifest.variants[chosen]
+        if spec.precision == "int8" and spec.settings.get("scheme") == "dynamic":
+            default_batch = DYNAMIC_INT8_MAX_BATCH_SIZE
+        bt = default_tokens if batch_tokens is None else int(batch_tokens)
+        mb = default_batch if max_batch_size is None else int(max_batch_size)
+        log.debug("loaded %s variant %s on %s", folder, chosen, ", ".join(session.providers))
+        return cls(
+            path=folder,
+            manifest=manifest,
+            variant=chosen,
+            session=session,
+            encoder=encoder,
+            batch_tokens=bt,
+            max_batch_size=mb,
+        )
+
+    @staticmethod
+    def _open(
+        folder: Path, manifest: Manifest, variant: str, provider: str, options: SessionOptions, verify: bool, strict: bool
+    ) -> OnnxSession:
+        spec = manifest.variants[variant]
+        model_path = _check_file(folder, spec.file, spec.sha256, verify)
+        return OnnxSession(
+            model_path, manifest=manifest, sha256=spec.sha256, provider=provider, options=options, strict_provider=strict
+        )
+
+    # -- properties ------------------------------------------------------------------------------
+    @property
+    def providers(self) -> list[str]:
+        """Execution providers onnxruntime granted to the session, in priority order."""
+        return list(self._session.providers)
+
+    @property
+    def provider(self) -> str:
+        """``"cpu"`` or ``"cuda"``: where the batches run."""
+        return self._session.provider
+
+    @property
+    def max_length(self) -> int:
+        return self._encoder.max_length
+
+    @property
+    def max_query_tokens(self) -> int:
+        return self._encoder.max_query_tokens
+
+    def __repr__(self) -> str:
+        return f"Reranker({str(self.path)!r}, variant={self.variant!r}, providers={self.providers}, max_length={self.max_length})"
+
+    # -- scoring ---------------------------------------------------------------------------------
+    @overload
+    def score(self, query: str, documents: Iterable[str], *, raw: bool = ..., return_info: Literal[False] = ...) -> np.ndarray: ...
+    @overload
+    def score(
+        self, query: str, documents: Iterable[str], *, raw: bool = ..., return_info: Literal[True]
+    ) -> tuple[np.ndarray, ScoreInfo]: ...
+
+    def score(self, query: str, documents: Iterable[str], *, raw: bool = False, return_info: bool = False) -> Any:
+        """Scores of ``documents`` for ``query``, float32, in input order.
+
+        ``raw=True`` returns the positive label's logit instead of the activated score.
+        ``return_info=True`` returns ``(scores, ScoreInfo)`` with per-pair truncation flags and the
+        batch shapes that were run.
+        """
+        _check_query(query)
+        docs = _check_documents(documents)
+        scores, info = self._score_pairs([(query, d) for d in docs], raw=_check_flag("raw", raw))
+        return (scores, info) if return_info else scores
+
+    def score_pairs(self, pairs: Iterable[Sequence[str]], *, raw: bool = False, return_info: bool = False) -> Any:
+        """Scores of ``(query, document)`` pairs, float32, in input order (see :meth:`score`)."""
+        checked = _check_pairs(pairs)
+        scores, info = self._score_pairs(checked, raw=_check_flag("raw", raw))
+        return (scores, info) if return_info else scores
+
+    def rerank(self, query: str, documents: Iterable[str], *, top_k: int | None = None, raw: bool = False) -> list[Result]:
+        """``documents`` ranked best first (ties by input position), at most ``top_k`` of them.
+
+        Each :class:`Result` carries the document's input ``index``, its ``score`` (the raw logit
+        with ``raw=True``, and then ranked by it) and whether the pair was ``truncated``.
+        """
+        _check_query(query)
+        docs = _check_documents(documents)
+        k = _check_top_k(top_k)
+        scores, info = self._score_pairs([(query, d) for d in docs], raw=_check_flag("raw", raw))
+        return _rank(docs, scores, info.truncated, k)
+
+    def rerank_many(
+        self, requests: Iterable[tuple[str, Iterable[str]]], *, top_k: int | None = None, raw: bool = False
+    ) -> list[list[Result]]:
+        """Rerank several ``(query, documents)`` requests at once; their pairs share batches."""
+        if isinstance(requests, (str, bytes)) or not isinstance(requests, Iterable):
+            raise InputTypeError(f"requests must be a list of (query, documents) pairs, not {type(requests).__name__}")
+        k = _check_top_k(top_k)
+        items: list[tuple[str, tuple[str, ...]]] = []
+        for i, req in enumerate(requests):
+            if isinstance(req, (str, bytes)) or not isinstance(req, Sequence) or len(req) != 2:
+                raise InputTypeError(f"requests[{i}] must be a (query, documents) pair, not {type(req).__name__}")
+            q, docs = req
+            _check_query(q, where=f"requests[{i}] query")
+            items.append((q, _check_documents(docs, where=f"requests[{i}] documents")))
+        pairs = [(q, d) for q, docs in items for d in docs]
+        scores, info = self._score_pairs(pairs, raw=_check_flag("raw", raw))
+        out: list[list[Result]] = []
+        start = 0
+        for _, docs in items:
+            end = start + len(docs)
+            out.append(_rank(docs, scores[start:end], info.truncated[start:end], k))
+            start = end
+        return out
+
+    # -- the one inference path ------------------------------------------------------------------
+    def _score_pairs(self, pairs: Sequence[tuple[str, str]], *, raw: bool) -> tuple[np.ndarray, ScoreInfo]:
+        m = self.manifest
+        enc = self._encoder.encode(pairs)
+        batches = plan_batches(enc.lengths, batch_tokens=self.batch_tokens, max_batch_size=self.max_batch_size)
+        logits = np.empty((len(pairs), m.num_labels), dtype=np.float32)
+        sess = self._session
+        for b in batches:
+            feeds = pad_batch(enc, b, input_names=sess.input_names, input_dtypes=sess.input_dtypes, pad_token_id=m.tokenizer.pad_token_id)
+            logits[b.rows] = sess.run(feeds)
+        if raw:
+            scores = np.ascontiguousarray(logits[:, m.positive_label], dtype=np.float32)
+        else:
+            scores = apply_activation(logits, m.activation, m.positive_label)
+        info = ScoreInfo(truncated=enc.truncated, query_truncated=enc.query_truncated, batch_shapes=tuple(b.shape for b in batches))
+        if info.num_truncated:
+            log.info("%d of %d pairs were longer than max_length=%d tokens: their documents were truncated", info.num_truncated, len(pairs), self.max_length)
+        return scores, info
+
+
+# -- argument checks (module level: no state) --------------------------------------------------------
+def _check_file(folder: Path, name: str, sha256: str, verify: bool) -> Path:
+    p = folder / name
+    if not p.is_file():
+        raise ModelFolderError(f"{p}: file named in crossrank.json is missing", path=p)
+    if verify:
+        if not sha256:
+            log.warning("%s: the manifest records no sha256 for this file; it cannot be verified", p)
+            return p
+        verify_file(folder, name, sha256)
+    return p
+
+
+def _check_max_length(max_length: int | None, manifest: Manifest) -> int:
+    if max_length is None:
+        return manifest.max_length
+    if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral):
+        raise InvalidInputError(f"max_length must be an int; got {max_length!r}")
+    special = manifest.tokenizer.num_special_tokens_pair
+    if not special + 2 <= max_length <= manifest.max_length:
+        raise InvalidInputError(
+            f"max_length must be between {special + 2} and the model folder's max_length {manifest.max_length}; got {max_length}"
+        )
+    return int(max_length)
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise InvalidInputError(f"{name} must be an int >= 1; got {value!r}")
+
+
+def _check_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidInputError(f"{name} must be True or False; got {value!r}")
+    return bool(value)
+
+
+def _check_query(query: Any, *, where: str = "query") -> None:
+    if not isinstance(query, str):
+        raise InputTypeError(f"{where} must be a str, not {type(query).__name__}")
+
+
+def _check_documents(documents: Any, *, where: str = "documents") -> tuple[str, ...]:
+    if isinstance(documents, (str, bytes)) or not isinstance(documents, Iterable):
+        raise InputTypeError(f"{where} must be a list of str, not {type(documents).__name__}")
+    docs = tuple(documents)  # a copy: the caller's list is never touched
+    for i, d in enumerate(docs):
+        if not isinstance(d, str):
+            raise InputTypeError(f"{where}[{i}] must be a str, not {type(d).__name__}")
+    return docs
+
+
+def _check_pairs(pairs: Any) -> list[tuple[str, str]]:
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Iterable):
+        raise InputTypeError(f"pairs must be a list of (query, document) pairs, not {type(pairs).__name__}")
+    out: list[tuple[str, str]] = []
+    for i, p in enumerate(pairs):
+        if isinstance(p, (str, bytes)) or not isinstance(p, Sequence) or len(p) != 2:
+            raise InputTypeError(f"pairs[{i}] must be a (query, document) pair, not {type(p).__name__}")
+        q, d = p
+        if not isinstance(q, str):
+            raise InputTypeError(f"pairs[{i}] query must be a str, not {type(q).__name__}")
+        if not isinstance(d, str):
+            raise InputTypeError(f"pairs[{i}] document must be a str, not {type(d).__name__}")
+        out.append((q, d))
+    return out
+
+
+def _check_top_k(top_k: Any) -> int | None:
+    if top_k is None:
+        return None
+    if isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, numbers.Integral):
+        raise InvalidInputError(f"top_k must be None or an int >= 1; got {top_k!r}")
+    if top_k < 1:
+        raise InvalidInputError(f"top_k must be None or an int >= 1; got {top_k}")
+    return int(top_k)
+
+
+def _rank(docs: Sequence[str], scores: np.ndarray, truncated: np.ndarray, k: int | None) -> list[Result]:
+    # Best first; equal scores keep input order (lexsort: last key is primary).
+    order = np.lexsort((np.arange(len(docs)), -scores.astype(np.float64)))
+    if k is not None:
+        order = order[:k]
+    return [Result(index=int(i), score=float(scores[i]), document=docs[i], truncated=bool(truncated[i])) for i in order]
