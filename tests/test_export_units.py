@@ -207,3 +207,40 @@ def test_importing_the_exporter_and_cli_is_cheap() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- hub sources (the hub is not reachable here: its client is replaced) ------------------------
+def test_hub_id_is_fetched_and_recorded(tmp_path: Path, monkeypatch) -> None:
+    import huggingface_hub
+    from tiny_models import build_tiny_model
+
+    from crossrank.export.source import resolve_source
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = build_tiny_model("bert", tmp_path / "snapshots" / commit, num_labels=1)
+    calls = []
+
+    def fake_snapshot_download(repo_id, *, revision=None, allow_patterns=None, **kwargs):
+        calls.append((repo_id, revision, tuple(allow_patterns)))
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    src = resolve_source("some-org/tiny-reranker", revision="v1.0")
+    assert (src.id, src.local, src.revision, src.commit) == ("some-org/tiny-reranker", False, "v1.0", commit)
+    assert src.folder == snapshot and src.architecture == "BertForSequenceClassification"
+    (repo, revision, patterns), = calls
+    assert (repo, revision) == ("some-org/tiny-reranker", "v1.0")
+    assert "model.safetensors" in patterns and not any(p.endswith(".bin") for p in patterns)  # no pickle by default
+
+    # a repository with pickle weights only: the download filter skipped them, the error says why
+    (snapshot / "model.safetensors").unlink()
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo_id, revision=None: ["config.json", "pytorch_model.bin"])
+    with pytest.raises(SourceModelError, match=r"'some-org/tiny-reranker' at revision 'v1.0' has only pickle weights"):
+        resolve_source("some-org/tiny-reranker", revision="v1.0")
+
+
+def test_revision_for_a_local_folder_is_an_error(tmp_path: Path) -> None:
+    from crossrank.export.source import resolve_source
+
+    with pytest.raises(InvalidInputError, match="revision='main' applies to hub ids only"):
+        resolve_source(tmp_path, revision="main")
