@@ -7,6 +7,7 @@ integer dtypes, dynamic batch and sequence axes, one float logits output of widt
 """
 from __future__ import annotations
 
+import inspect
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,12 @@ def export_fp32(model: Any, work_dir: Path, dst: Path, *, opset: int | None) -> 
             f"the exported graph keeps its weights in external files ({', '.join(extra)}): models over 2 GB are not supported yet"
         )
     shutil.move(str(produced), str(dst))
-    return read_graph(dst, expect_labels=getattr(model.config, "num_labels", None))
+    graph = read_graph(dst, expect_labels=getattr(model.config, "num_labels", None))
+    accepted = inspect.signature(model.forward).parameters
+    foreign = [i.name for i in graph.inputs if i.name not in accepted]
+    if foreign:
+        raise ExportError(f"the exported graph declares inputs {foreign} that {type(model).__name__}.forward does not take")
+    return graph
 
 
 def read_graph(path: Path, *, expect_labels: int | None = None) -> GraphInfo:

@@ -8,8 +8,10 @@ Two schemes (:data:`INT8_SCHEMES`):
     operand is a weight: the Q/K/V, attention-output and both feed-forward projections of every
     layer. Weights are int8, symmetric, one scale per output channel, and held to 7 bits
     (``reduce_range``) so that the u8 x s8 kernels of CPUs without VNNI (AVX2, AVX-512F) never
-    saturate their 16-bit intermediate sums. Activations are int8, symmetric, calibrated with
-    MinMax. Everything else stays fp32: embeddings, LayerNorm, GELU, softmax, the two
+    saturate their 16-bit intermediate sums. Activations are uint8, asymmetric, calibrated with
+    MinMax (symmetric int8 activations lost most of the ranking); MatMul outputs are not
+    re-quantized, and residual Adds / LayerNorms read the fp32 tensors, not their QDQ copies.
+    Everything else stays fp32: embeddings, LayerNorm, GELU, softmax, the two
     activation x activation attention products (QK^T and PV), the pooler and the classifier.
     Because every scale is a constant, a pair's score depends only on the pair: it is the same
     whichever other pairs share its batch and however much padding the batch adds (the residual
