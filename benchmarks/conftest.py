@@ -7,8 +7,8 @@
 
 * ``bench_model``: the crossrank model folder measured: ``$CROSSRANK_BENCH_MODEL``, else the real
   trained MiniLM-L6 exported once with ``crossrank.export.export_model(..., int8=True)`` into
-  ``$CROSSRANK_BENCH_CACHE`` (default ``<repo>/.cache/bench``); the cached folder is keyed by the
-  source model and the exporter's own source code, so a changed exporter is re-exported.
+  ``$CROSSRANK_TEST_CACHE`` (default ``<repo>/.cache/tests``, shared with tests/); the cached folder
+  is keyed by the source model and the exporter's own source code (see ``cached_export``).
 * ``hf_model``: the source Hugging Face folder for the peers (``$CROSSRANK_BENCH_HF_MODEL``, else
   the manifest's local source, else the real model built from ``../shared`` the way tests do).
 * ``bench_settings``: counts and rounds for full or smoke mode.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from crossrank.bench.suite import suite_settings
+from crossrank.bench.suite import cached_export, suite_settings
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = suite_settings()
@@ -37,12 +37,9 @@ def _shared_dir() -> Path:
     return Path(os.environ.get("CROSSRANK_SHARED", REPO.parent / "shared")).resolve()
 
 
-def _hash_files(paths) -> str:
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()[:12]
+def _cache_dir() -> Path:
+    # tests/conftest.py's cache folder: the real model and its export are built once for both.
+    return Path(os.environ.get("CROSSRANK_TEST_CACHE", REPO / ".cache" / "tests"))
 
 
 def _real_hf_model() -> Path:
@@ -53,7 +50,7 @@ def _real_hf_model() -> Path:
     h = hashlib.sha256()
     for name in ("build.py", "adapter.safetensors", "config_overrides.json"):
         h.update((src / name).read_bytes())
-    cache = Path(os.environ.get("CROSSRANK_TEST_CACHE", REPO / ".cache" / "tests"))
+    cache = _cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     out = cache / f"crossrank-minilm-l6-{h.hexdigest()[:12]}"
     if not (out / "model.safetensors").is_file():
@@ -75,17 +72,7 @@ def bench_model() -> Path:
         if not (p / "crossrank.json").is_file():
             pytest.fail(f"CROSSRANK_BENCH_MODEL={p} is not a crossrank model folder")
         return p
-    from crossrank.export import export_model
-
-    hf = _real_hf_model()
-    code = list((REPO / "export").glob("*.py")) + [REPO / "runtime" / "manifest.py"]
-    key = _hash_files([p for p in hf.iterdir() if p.is_file()] + code)
-    cache = Path(os.environ.get("CROSSRANK_BENCH_CACHE", REPO / ".cache" / "bench"))
-    out = cache / f"model-{key}"
-    if not (out / "crossrank.json").is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        export_model(hf, out, int8=True, force=True)
-    return out
+    return cached_export(_real_hf_model(), _cache_dir())
 
 
 @pytest.fixture(scope="session")

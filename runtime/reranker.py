@@ -30,14 +30,20 @@ __all__ = ["Reranker", "Result", "ScoreInfo", "DEFAULT_BATCHING", "DYNAMIC_INT8_
 log = logging.getLogger("crossrank.reranker")
 
 # Batching defaults per provider: (batch_tokens, max_batch_size).
-# CPU, measured with the real MiniLM-L6 int8 and optimized fp32 graphs on TREC DL 2020 passages
-# (BM25 top-50/top-100, pairs of 34-160 tokens) on a 2-core AVX2 EPYC, 8 queries x 2 rounds,
-# every configuration in the same run (see the runtime report): budgets of 1k-2k padded tokens
-# per batch were fastest; batches of one pair cost ~20% more (per-run overhead) and one padded
-# batch of all pairs ~70% more (padding and attention over the longest pair). 2048 keeps a
-# 512-token pair at batch 4 and 100-token passages at batch ~20.
-# CUDA: not measured here (no GPU); larger batches keep a GPU busy, so the budget is 16x the CPU's.
-DEFAULT_BATCHING = {"cpu": (2048, 64), "cuda": (32768, 256)}
+# CPU: measured with the real MiniLM-L6 on TREC DL 2020 passages (BM25 top-10/50/100 of 4 queries,
+# pairs of 34-160 tokens, x2 rounds, median rerank ms, every setting in the same process, on the
+# 2-core AVX2 EPYC shared with other jobs, so absolute figures are inflated; compare ratios):
+#   budget (padded tokens/run):    1 pair   512    1024   2048   4096
+#   optimized fp32, 50 cands       4681     4171   4190   4271   4628
+#   optimized fp32, 100 cands      9518     7901   7517   7790   8168
+#   dynamic int8, 50 cands         2976     -      2706   2838   -
+#   dynamic int8, 100 cands        6290     -      6599   6989   -
+# One padded batch of all 50 candidates took 1.7-1.8x the 1024-2048 budgets in an earlier run.
+# 512-1024 tokens per run was fastest or within noise of it at 10, 50 and 100 candidates; larger
+# runs lose to cache misses and attention over the batch's longest pair, single pairs to per-run
+# overhead. 1024 keeps a 512-token pair at batch 2 and 100-token passages at batch ~10.
+# CUDA: not measured here (no GPU); larger batches keep a GPU busy, so the budget is 32x the CPU's.
+DEFAULT_BATCHING = {"cpu": (1024, 64), "cuda": (32768, 256)}
 # A dynamically quantized int8 graph computes activation scales over the whole padded batch, so
 # a pair's score moves with its batch mates (measured on the real model: up to 0.1 in sigmoid
 # score). Its default is one pair per run: exactly batch-invariant, ~15-25% slower than batching.
@@ -131,7 +137,7 @@ class Reranker:
                 at least the other half.
             batch_tokens: padded-token budget of one onnxruntime run (batch size x padded
                 length); bounds peak memory whatever the candidate count. Default
-                ``DEFAULT_BATCHING[provider][0]`` (2048 on CPU, measured; 32768 on CUDA).
+                ``DEFAULT_BATCHING[provider][0]`` (1024 on CPU, measured; 32768 on CUDA).
             max_batch_size: most pairs per run (default 64 on CPU, 256 on CUDA; 1 for an int8
                 variant quantized with the ``dynamic`` scheme, whose scores otherwise depend on
                 their batch mates).

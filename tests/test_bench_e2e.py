@@ -6,7 +6,6 @@ each run measuring crossrank and the PyTorch reference interleaved on the same r
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from crossrank.bench.suite import cached_export
 from crossrank.cli import main
 
 pytestmark = pytest.mark.slow
@@ -26,18 +26,7 @@ def bench_model(real_hf_model) -> Path:
     """The real model exported with int8 once (cached by source weights and exporter code)."""
     if os.environ.get("CROSSRANK_BENCH_MODEL"):
         return Path(os.environ["CROSSRANK_BENCH_MODEL"])
-    from crossrank.export import export_model
-
-    h = hashlib.sha256()
-    for p in sorted([*real_hf_model.iterdir(), *(REPO / "export").glob("*.py"), REPO / "runtime" / "manifest.py"]):
-        if p.is_file():
-            h.update(p.name.encode())
-            h.update(p.read_bytes())
-    cache = Path(os.environ.get("CROSSRANK_TEST_CACHE", REPO / ".cache" / "tests"))
-    out = cache / f"bench-model-{h.hexdigest()[:12]}"
-    if not (out / "crossrank.json").is_file():
-        export_model(real_hf_model, out, int8=True, force=True)
-    return out
+    return cached_export(real_hf_model, Path(os.environ.get("CROSSRANK_TEST_CACHE", REPO / ".cache" / "tests")))
 
 
 @pytest.fixture(scope="module")

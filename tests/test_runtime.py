@@ -644,13 +644,14 @@ def test_plan_batches_respects_the_budget_and_pads_to_each_batch_longest() -> No
 
 
 def test_ten_thousand_candidates_stay_within_the_batch_budget(tiny_bert_folder: Path) -> None:
-    rr = Reranker.load(tiny_bert_folder, variant="int8", batch_tokens=2048, max_batch_size=64)
-    docs = _texts(10_000, 5)
+    rr = Reranker.load(tiny_bert_folder, variant="int8")  # the default budget
+    docs = _texts(10_000, 5) + ["long " * 2000]  # one pair of max_length tokens
     scores, info = rr.score(QUERY, docs, return_info=True)
-    assert scores.shape == (10_000,) and np.isfinite(scores).all()
-    assert sum(b for b, _ in info.batch_shapes) == 10_000
-    assert max(b * w for b, w in info.batch_shapes) <= 2048
-    assert max(b for b, _ in info.batch_shapes) <= 64
+    assert scores.shape == (10_001,) and np.isfinite(scores).all()
+    assert sum(b for b, _ in info.batch_shapes) == 10_001
+    assert max(b * w for b, w in info.batch_shapes) <= max(rr.batch_tokens, rr.max_length)
+    assert max(b for b, _ in info.batch_shapes) <= rr.max_batch_size
+    assert len(info.batch_shapes) >= 10_001 * 10 // rr.batch_tokens  # really cut into many runs
 
 
 def test_fp32_scores_are_batch_invariant(tiny_bert_folder: Path) -> None:

@@ -7,10 +7,12 @@ the full TREC DL and SciFact sets for the quality test).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["SuiteSettings", "suite_settings", "smoke_requested"]
+__all__ = ["SuiteSettings", "suite_settings", "smoke_requested", "cached_export"]
 
 
 @dataclass(frozen=True)
@@ -42,3 +44,28 @@ def suite_settings(environ: dict | None = None) -> SuiteSettings:
                              rounds=3, warmup=1, quality_queries=6)
     return SuiteSettings(smoke=False, counts=(1, 10, 50, 100, 200, 500), peer_counts=(10, 50, 100),
                          speedup_counts=(10, 50, 100), rounds=30, warmup=2, quality_queries=None)
+
+
+def cached_export(hf_model: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
+    """``hf_model`` exported once with int8 into ``cache_dir`` (shared by the suite and the tests).
+
+    The folder is keyed by the source files and by crossrank's exporter and manifest code, so a
+    changed model or exporter is exported afresh; an interrupted export leaves nothing behind
+    (``export_model`` stages its output).
+    """
+    import crossrank.export  # noqa: PLC0415
+    from crossrank import manifest  # noqa: PLC0415
+    from crossrank.export import export_model  # noqa: PLC0415
+
+    src = Path(hf_model)
+    files = [p for p in src.iterdir() if p.is_file()]
+    files += sorted(Path(crossrank.export.__file__).parent.glob("*.py")) + [Path(manifest.__file__)]
+    h = hashlib.sha256()
+    for p in sorted(files):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    out = Path(cache_dir) / f"bench-model-{h.hexdigest()[:12]}"
+    if not (out / "crossrank.json").is_file():
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        export_model(src, out, int8=True, force=True)
+    return out
