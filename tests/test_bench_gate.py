@@ -91,10 +91,11 @@ def test_profile_selection_by_machine():
 
 def test_committed_budgets_file_is_valid():
     b = B.load_budgets()
-    assert "ci-2core-avx2" in b["profiles"]
-    prof = b["profiles"]["ci-2core-avx2"]
-    assert prof["match"] == {"arch": "x86_64", "usable_cores": 2, "isa": "avx2"}
-    assert prof["medians_ms"]["crossrank-int8"]["50"] > 0
+    # No hardware profile is committed yet: the only runs so far were on a shared, contended machine
+    # (see the benchmarks issue). Every profile that is committed must be complete.
+    for name, prof in b["profiles"].items():
+        assert set(prof["match"]) >= {"arch", "usable_cores", "isa"}, name
+        assert prof["medians_ms"]["crossrank-int8"]["50"] > 0, name
     floors = {(f["system"], f["peer"], f["count"]): f["min"] for f in b["targets"]["speedup_floors"]}
     assert floors[("crossrank-int8", "st-torch", 50)] == 5.0
     assert floors[("crossrank-int8", "st-onnx-int8", 50)] == 2.0
