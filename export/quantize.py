@@ -1,49 +1,71 @@
 """int8 quantization of an exported cross-encoder graph for the CPU.
 
-Two schemes (:data:`INT8_SCHEMES`):
+Two schemes, :data:`INT8_SCHEMES`; both quantize the ORT-optimized (fused) graph
+``model.opt.onnx`` (variant ``optimized``, see *Source graph* below):
 
 ``static`` (the default, :data:`DEFAULT_INT8_SCHEME`)
-    Activation scales are calibrated once, on representative query/passage pairs, and frozen into
-    the graph as QuantizeLinear/DequantizeLinear (QDQ) pairs around every MatMul whose second
-    operand is a weight: the Q/K/V, attention-output and both feed-forward projections of every
-    layer. Weights are int8, symmetric, one scale per output channel, and held to 7 bits
-    (``reduce_range``) so that the u8 x s8 kernels of CPUs without VNNI (AVX2, AVX-512F) never
-    saturate their 16-bit intermediate sums. Activations are uint8, asymmetric, calibrated with
-    MinMax (symmetric int8 activations lost most of the ranking); MatMul outputs are not
-    re-quantized, and residual Adds / LayerNorms read the fp32 tensors, not their QDQ copies.
-    Everything else stays fp32: embeddings, LayerNorm, GELU, softmax, the two
-    activation x activation attention products (QK^T and PV), the pooler and the classifier.
-    Because every scale is a constant, a pair's score depends only on the pair: it is the same
-    whichever other pairs share its batch and however much padding the batch adds (the residual
-    difference is the fp32 parts' rounding, bounded by the figure recorded in the study).
+    Weights int8, symmetric, one scale per output channel, 7-bit range. Activations uint8 with a
+    scale and zero point *calibrated once* (MinMax over representative query/passage pairs) and
+    frozen into the graph as constants: every ``DynamicQuantizeLinear`` that dynamic quantization
+    would put in front of a quantized operator becomes a ``QuantizeLinear`` with the calibrated
+    constants, and each ``MatMulInteger -> Cast -> Mul(scale)`` chain becomes one
+    ``com.microsoft.MatMulIntegerToFloat``. Quantized: the fused ``Attention`` (as ``QAttention``:
+    the packed Q/K/V projection), the attention-output and both feed-forward projections of every
+    layer. fp32: embeddings, LayerNorm/SkipLayerNorm, GELU, the softmax and attention products
+    inside the attention kernel, the pooler and the classifier.
+    Because every scale is a constant and the integer products are exact, a pair's score depends
+    only on the pair: it is bit-for-bit the same whichever other pairs share its batch and however
+    much padding the batch adds (measured: max |Δ logit| = 0 between one padded batch of 100,
+    length-sorted batches of 32 and one pair at a time, TREC DL 2020 candidates).
 
 ``dynamic``
-    Weights are int8 (per channel, 7-bit on non-VNNI x86); activation scales are computed from
-    the data on every call. No calibration needed, but the scale of a MatMul input is taken over
-    the whole padded batch, so a pair's score moves with its batch companions, and the extra
-    min/max pass costs time on every call.
+    The same weights and operators, but activation scales computed from the data on every call
+    (``DynamicQuantizeLinear``). No calibration, but each scale is taken over the whole padded
+    batch, so a pair's score moves with its batch companions (measured: up to 0.6 logit), and
+    the min/max pass costs time on every call.
+
+Figures (``python benchmarks/int8_study.py --model HF_FOLDER --candidates
+crossrank-static,crossrank-dynamic,dyn-plain-st --ndcg trec:512,scifact:256``; real MiniLM-L6
+cross-encoder, 2-core AVX2 EPYC, 2026-11-26; nDCG@10 as a share of fp32's):
+
+=================  ==============  ===================  =========================  ==================
+scheme             TREC DL 2020    SciFact (256 tok.)   speed vs fp32 @50 TREC DL  batch-invariance
+=================  ==============  ===================  =========================  ==================
+static (default)   99.96%          100.54%              1.46x                      0 (exact)
+dynamic            99.32%          100.31%              1.47x                      0.58 logit
+ST's avx2 recipe   100.25%         100.32%              1.25x                      0.59 logit
+=================  ==============  ===================  =========================  ==================
+
+Static keeps the ranking as well as dynamic does, is as fast, and is the only exactly
+batch-invariant one: it is the default. (SciFact at 512 tokens, the runtime default, all 300 claims:
+static 0.6606 vs fp32 0.6585.) Keeping the two widest-range feed-forward down-projections in fp32
+cut the mean |Δ logit| against fp32 by a third on a TREC/SciFact sample but moved no nDCG@10
+beyond noise and cost 7% of the speed, so every projection is quantized.
 
 Source graph
-    ``static`` expects the plain fp32 export, ``model.onnx`` (variant ``fp32``). ONNX Runtime's
-    transformer fusions pack the Q/K/V projections into a com.microsoft ``Attention`` operator,
-    which has no QDQ form: quantizing ``model.opt.onnx`` statically would leave a quarter of the
-    encoder's weight FLOPs in fp32. Starting from the plain graph, every weight MatMul gets its
-    QDQ pair, and onnxruntime's own session-level optimizer (ORT_ENABLE_ALL, which the runtime
-    uses) still fuses LayerNorm, GELU and the QDQ groups into integer kernels at load time.
-    ``dynamic`` expects the ORT-optimized graph, ``model.opt.onnx`` (variant ``optimized``): there
-    the fused ``Attention`` has a dynamic integer form (``QAttention``), so all weight MatMuls are
-    quantized and the fused kernels are kept. :data:`SOURCE_VARIANT` maps each scheme to the
-    variant whose file to pass; :func:`quantize_int8` checks the graph and refuses the wrong one.
+    ``model.opt.onnx``: ONNX Runtime's transformer fusions pack Q/K/V into a com.microsoft
+    ``Attention`` whose integer form ``QAttention`` keeps the fused attention kernel, and
+    LayerNorm/GELU/bias stay fused around the integer MatMuls. Quantizing the plain graph
+    (``model.onnx``) with QDQ gives the same accuracy only after extra repairs (uint8 activations,
+    no quantized MatMul outputs, the residual stream kept out of the QDQ pairs) and runs the
+    attention unfused, a little slower. :data:`SOURCE_VARIANT` maps each scheme to the variant
+    whose file to pass. Graphs the optimizer could not fuse attention in (DeBERTa-v2, ModernBERT,
+    or its basic-passes fallback) work too: their weight MatMuls are quantized the same way
+    (``source_fused_ops`` and ``attention_quantized`` in the settings say what was there).
 
-    The figures behind these choices (nDCG@10 retention on TREC DL 2020 and SciFact, latency,
-    batch invariance) are in ``benchmarks/int8_study.py`` and the study notes it writes.
+7-bit weights everywhere
+    The u8 x s8 integer kernels of x86 CPUs without VNNI (AVX2, AVX-512F/BW) add pairs of products
+    in 16 bits (``vpmaddubsw``) and saturate with full-range weights; 7-bit weights cannot
+    saturate. The int8 file is built with ``reduce_range`` whatever CPU builds it, so it stays
+    correct wherever it is copied; on this model that costs no measurable accuracy. The build
+    machine's instruction set is recorded as ``isa_target`` (:func:`detect_isa`).
 
 Calibration pairs
     :func:`load_calibration_pairs` reads JSON Lines ``{"query": ..., "document": ...}``; with no
     path it returns the built-in set ``data/calibration.jsonl`` (invented English search/RAG pairs,
-    short and long passages, relevant and not). Calibration runs one pair per batch, tokenized
-    exactly as the runtime tokenizes (pair truncation ``only_second`` at ``max_length``), so no
-    padding enters the activation ranges.
+    short and long passages, relevant and not). Calibration feeds one pair per batch, tokenized as
+    the runtime tokenizes (pair truncation ``only_second`` at ``max_length``), so no padding enters
+    the ranges. Use the ``max_length`` the runtime will use.
 """
 from __future__ import annotations
 
@@ -52,7 +74,7 @@ import logging
 import platform
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from crossrank.errors import ExportError, MissingDependencyError
 
@@ -71,10 +93,10 @@ logger = logging.getLogger("crossrank.export.quantize")
 INT8_SCHEMES = ("static", "dynamic")
 DEFAULT_INT8_SCHEME = "static"
 # Which variant's graph each scheme quantizes (see the module docstring for why).
-SOURCE_VARIANT = {"static": "fp32", "dynamic": "optimized"}
+SOURCE_VARIANT = {"static": "optimized", "dynamic": "optimized"}
 BUILTIN_CALIBRATION = Path(__file__).resolve().parent / "data" / "calibration.jsonl"
 
-# Graph operators that only ORT's transformer optimizer writes: their presence means a fused graph.
+# Operators only ORT's transformer optimizer writes: one of them means the graph is the fused one.
 _FUSED_OPS = frozenset(
     {
         "Attention",
@@ -87,8 +109,10 @@ _FUSED_OPS = frozenset(
         "GemmFastGelu",
     }
 )
-# Above this size the quantized graph must keep its weights outside the protobuf (2 GiB limit).
+_QUANTIZED_OP_TYPES = ("MatMul", "Attention")
+# Above this size the graph must keep its weights outside the protobuf (2 GiB limit).
 _EXTERNAL_DATA_BYTES = 1_800_000_000
+_INPUT_VALUES = ("input_ids", "attention_mask", "token_type_ids")
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,9 +121,10 @@ _EXTERNAL_DATA_BYTES = 1_800_000_000
 def load_calibration_pairs(path: Path | str | None = None) -> list[tuple[str, str]]:
     """Read calibration pairs from JSON Lines ``{"query": str, "document": str}``.
 
-    ``None`` reads the built-in set. Blank lines are skipped. A missing or unreadable file, a line
-    that is not a JSON object with string ``query`` and ``document``, or a file without any pair
-    raises :class:`~crossrank.errors.ExportError` naming the file (and the line).
+    ``None`` reads the built-in set. Blank lines are skipped; other keys are ignored. A missing or
+    unreadable file, a line that is not a JSON object with string ``query`` and ``document``, an
+    empty query, or a file without any pair raises :class:`~crossrank.errors.ExportError` naming
+    the file (and the line).
     """
     file = BUILTIN_CALIBRATION if path is None else Path(path)
     try:
@@ -138,11 +163,11 @@ def load_calibration_pairs(path: Path | str | None = None) -> list[tuple[str, st
 # Instruction set
 # --------------------------------------------------------------------------------------------
 def detect_isa() -> str:
-    """The CPU's integer-GEMM instruction-set class: ``avx512_vnni``, ``avx_vnni``, ``avx512``,
-    ``avx2``, ``arm64`` (``arm64_i8mm`` / ``arm64_dotprod`` where known), ``x86_64`` or the machine name.
+    """The build CPU's integer-GEMM instruction-set class.
 
-    This is what decides whether u8 x s8 products can saturate (AVX2 and AVX-512 without VNNI)
-    and therefore whether 7-bit weights are needed.
+    One of ``avx512_vnni``, ``avx_vnni``, ``avx512``, ``avx2``, ``x86_64`` (x86 without AVX2),
+    ``arm64_i8mm``, ``arm64_dotprod``, ``arm64``, or the machine name elsewhere. Read from
+    ``/proc/cpuinfo`` flags where there is one (Linux); elsewhere only the architecture is known.
     """
     machine = platform.machine().lower()
     flags: set[str] = set()
@@ -173,12 +198,130 @@ def detect_isa() -> str:
     return machine or "unknown"
 
 
-def _has_vnni(isa: str) -> bool:
-    return isa in ("avx512_vnni", "avx_vnni")
+# --------------------------------------------------------------------------------------------
+# Quantization
+# --------------------------------------------------------------------------------------------
+def quantize_int8(
+    src_onnx: Path,
+    dst_onnx: Path,
+    *,
+    scheme: str,
+    calibration_pairs: list[tuple[str, str]] | None,
+    tokenizer_json: Path,
+    input_names: list[str],
+    max_length: int,
+) -> dict:
+    """Quantize ``src_onnx`` to int8, write ``dst_onnx``, and return the settings for the manifest.
+
+    ``scheme`` is one of :data:`INT8_SCHEMES`; ``src_onnx`` is the graph of variant
+    ``SOURCE_VARIANT[scheme]`` (the ORT-optimized one). ``calibration_pairs`` (static only;
+    ``None`` = the built-in set), ``tokenizer_json``, ``input_names`` (the graph inputs the runtime
+    feeds) and ``max_length`` make the calibration inputs exactly as the runtime makes them.
+    Every failure raises :class:`~crossrank.errors.ExportError`, an onnxruntime error as its
+    ``__cause__``; nothing is left at ``dst_onnx`` after a failure.
+    """
+    if scheme not in INT8_SCHEMES:
+        raise ExportError(f"unknown int8 scheme {scheme!r}; choose one of {', '.join(INT8_SCHEMES)}")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 4:
+        raise ExportError(f"max_length must be an integer >= 4, got {max_length!r}")
+    src_onnx, dst_onnx, tokenizer_json = Path(src_onnx), Path(dst_onnx), Path(tokenizer_json)
+    if not src_onnx.is_file():
+        raise ExportError(f"source graph {src_onnx} does not exist")
+    if scheme == "static" and calibration_pairs is not None and not calibration_pairs:
+        raise ExportError("static int8 needs at least one calibration pair (got an empty list)")
+    onnx, onnxruntime, quantization = _import_ort()
+
+    model = _load(onnx, src_onnx)
+    fused_ops = sorted({node.op_type for node in model.graph.node if node.op_type in _FUSED_OPS})
+    input_types = _input_types(model)
+    for name in input_names:
+        if name not in input_types:
+            raise ExportError(f"input {name!r} is not an input of {src_onnx.name} (it has {sorted(input_types)})")
+    targets = _nodes_to_quantize(model)
+    attention_nodes = {n.name for n in model.graph.node if n.op_type == "Attention"}
+    if not targets:
+        raise ExportError(f"{src_onnx.name} has no Attention or weight MatMul to quantize")
+    del model
+
+    isa = detect_isa()
+    settings: dict[str, Any] = {
+        "scheme": scheme,
+        "source_variant": SOURCE_VARIANT[scheme],
+        "quant_format": "QOperator",
+        "weight_type": "int8",
+        "weight_symmetric": True,
+        "per_channel": True,
+        "reduce_range": True,
+        "activation_type": "uint8",
+        "activation_symmetric": False,
+        "activation_scales": "static (calibrated constants)" if scheme == "static" else "dynamic (per call, per batch)",
+        "op_types_quantized": list(_QUANTIZED_OP_TYPES),
+        "nodes_quantized": len(targets),
+        "attention_quantized": sum(1 for t in targets if t in attention_nodes),
+        "source_fused_ops": fused_ops,
+        "kept_fp32": "embeddings, LayerNorm, GELU, attention softmax, pooler, classifier",
+        "batch_invariant": scheme == "static",
+        "isa_target": isa,
+        "max_length": max_length,
+        "onnxruntime": onnxruntime.__version__,
+    }
+    use_external = src_onnx.stat().st_size > _EXTERNAL_DATA_BYTES
+    dst_onnx.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if scheme == "static":
+            # the MinMax range of every quantized operator's activation input, on the fp32 graph
+            pairs = load_calibration_pairs(None) if calibration_pairs is None else list(calibration_pairs)
+            feeds = _calibration_feeds(
+                pairs, tokenizer_json=tokenizer_json, input_types=input_types,
+                input_names=input_names, max_length=max_length,
+            )
+            ranges = _minmax(onnx, onnxruntime, src_onnx, sorted(set(targets.values())), feeds)
+        with tempfile.TemporaryDirectory(prefix="crossrank-int8-") as tmp:
+            dynamic_path = Path(tmp) / "dynamic.onnx"
+            quantization.quantize_dynamic(
+                str(src_onnx),
+                str(dynamic_path),
+                op_types_to_quantize=list(_QUANTIZED_OP_TYPES),
+                nodes_to_quantize=list(targets),
+                per_channel=True,
+                reduce_range=True,
+                weight_type=quantization.QuantType.QInt8,
+                use_external_data_format=use_external,
+                extra_options={
+                    "MatMulConstBOnly": True,
+                    "WeightSymmetric": True,
+                    # fused com.microsoft outputs have no inferred type; they are all float
+                    "DefaultTensorType": onnx.TensorProto.FLOAT,
+                },
+            )
+            qmodel = onnx.load(str(dynamic_path))
+            if scheme == "static":
+                frozen = _freeze_activation_scales(qmodel, ranges)
+                fused = _fuse_matmul_integer_to_float(onnx, qmodel)
+                settings["calibration"] = {
+                    "method": "MinMax",
+                    "pairs": len(pairs),
+                    "source": "built-in" if calibration_pairs is None else "user",
+                    "batch_size": 1,
+                    "max_length": max_length,
+                    "frozen_quantizers": frozen,
+                }
+                settings["matmul_integer_to_float"] = fused
+            else:
+                settings["calibration"] = None
+            _save(onnx, qmodel, dst_onnx, use_external)
+    except ExportError:
+        _remove(dst_onnx)
+        raise
+    except Exception as err:  # onnxruntime/onnx raise RuntimeError, ValueError, Fail, InvalidGraph...
+        _remove(dst_onnx)
+        raise ExportError(f"{scheme} int8 quantization of {src_onnx.name} failed: {_first_line(err)}") from err
+    logger.info("int8 (%s) written to %s (isa %s)", scheme, dst_onnx, isa)
+    return settings
 
 
 # --------------------------------------------------------------------------------------------
-# Quantization
+# helpers
 # --------------------------------------------------------------------------------------------
 def _import_ort() -> tuple[Any, Any, Any]:
     try:
@@ -192,35 +335,56 @@ def _import_ort() -> tuple[Any, Any, Any]:
     return onnx, onnxruntime, quantization
 
 
-def _graph_facts(onnx: Any, src: Path) -> tuple[bool, dict[str, int]]:
-    """(is the graph ORT-fused?, {input name: ONNX element type})."""
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _load(onnx: Any, path: Path) -> Any:
     try:
-        model = onnx.load(str(src), load_external_data=False)
-    except Exception as err:  # onnx raises DecodeError, OSError, ValueError...
-        raise ExportError(f"cannot read ONNX graph {src}: {err}") from err
-    fused = any(node.op_type in _FUSED_OPS for node in model.graph.node)
+        return onnx.load(str(path))
+    except Exception as err:  # DecodeError, OSError, ValueError...
+        raise ExportError(f"cannot read ONNX graph {path}: {_first_line(err)}") from err
+
+
+def _save(onnx: Any, model: Any, path: Path, external: bool) -> None:
+    if external:
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=path.name + ".data")
+    else:
+        onnx.save(model, str(path))
+
+
+def _remove(path: Path) -> None:
+    for p in (path, path.with_name(path.name + ".data")):
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
+def _input_types(model: Any) -> dict[str, int]:
     init = {i.name for i in model.graph.initializer}
-    types = {
-        i.name: i.type.tensor_type.elem_type for i in model.graph.input if i.name not in init
-    }
-    return fused, types
+    return {i.name: i.type.tensor_type.elem_type for i in model.graph.input if i.name not in init}
 
 
-class _PairReader:
-    """onnxruntime CalibrationDataReader over tokenized pairs, one pair per batch (no padding)."""
+def _nodes_to_quantize(model: Any) -> dict[str, str]:
+    """Named Attention nodes and MatMuls whose second operand is a weight (initializer), each with
+    the activation tensor it reads.
 
-    def __init__(self, feeds: list[dict[str, Any]]) -> None:
-        self._feeds = feeds
-        self._it: Iterator[dict[str, Any]] = iter(feeds)
-
-    def get_next(self) -> dict[str, Any] | None:
-        return next(self._it, None)
-
-    def rewind(self) -> None:
-        self._it = iter(self._feeds)
-
-    def __len__(self) -> int:
-        return len(self._feeds)
+    Gemm (pooler, classifier: one row per pair, negligible time) and activation x activation
+    MatMuls are left out on purpose.
+    """
+    init = {i.name for i in model.graph.initializer}
+    targets: dict[str, str] = {}
+    for node in model.graph.node:
+        if not node.name:
+            continue
+        if node.op_type == "Attention" and node.domain == "com.microsoft":
+            targets[node.name] = node.input[0]
+        elif node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in init:
+            targets[node.name] = node.input[0]
+    return targets
 
 
 def _calibration_feeds(
@@ -230,246 +394,140 @@ def _calibration_feeds(
     input_types: dict[str, int],
     input_names: Sequence[str],
     max_length: int,
-    onnx: Any,
 ) -> list[dict[str, Any]]:
     import numpy as np
+    from onnx import TensorProto
     from tokenizers import Tokenizer
 
+    np_types = {TensorProto.INT64: np.int64, TensorProto.INT32: np.int32}
+    for name in input_names:
+        if name not in _INPUT_VALUES:
+            raise ExportError(f"cannot make calibration values for graph input {name!r}")
+        if input_types[name] not in np_types:
+            raise ExportError(f"graph input {name!r} has ONNX element type {input_types[name]}, expected int64 or int32")
     try:
         tok = Tokenizer.from_file(str(tokenizer_json))
-    except Exception as err:  # tokenizers raises a bare Exception on bad files
-        raise ExportError(f"cannot load tokenizer {tokenizer_json}: {err}") from err
+    except Exception as err:  # tokenizers raises a bare Exception on a bad file
+        raise ExportError(f"cannot load tokenizer {tokenizer_json}: {_first_line(err)}") from err
     tok.no_padding()
     tok.enable_truncation(max_length=max_length, strategy="only_second")
-    np_types = {onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32}
-    for name in input_names:
-        if name not in input_types:
-            raise ExportError(
-                f"input {name!r} is not an input of the graph (it declares {sorted(input_types)})"
-            )
-        if input_types[name] not in np_types:
-            raise ExportError(f"graph input {name!r} has element type {input_types[name]}, expected int64 or int32")
-    unknown = set(input_names) - {"input_ids", "attention_mask", "token_type_ids"}
-    if unknown:
-        raise ExportError(f"cannot build calibration inputs for {sorted(unknown)}")
     feeds = []
     for i, (query, document) in enumerate(pairs):
         try:
             enc = tok.encode(query, document)
-        except Exception as err:
-            raise ExportError(f"calibration pair {i}: tokenization failed ({err})") from err
-        n = len(enc.ids)
-        values = {
-            "input_ids": enc.ids,
-            "attention_mask": [1] * n,
-            "token_type_ids": enc.type_ids,
-        }
-        feeds.append(
-            {name: np.asarray([values[name]], dtype=np_types[input_types[name]]) for name in input_names}
-        )
+        except Exception as err:  # e.g. a query longer than max_length with only_second
+            raise ExportError(f"calibration pair {i} cannot be tokenized within max_length {max_length}: {_first_line(err)}") from err
+        values = {"input_ids": enc.ids, "attention_mask": [1] * len(enc.ids), "token_type_ids": enc.type_ids}
+        feeds.append({name: np.asarray([values[name]], dtype=np_types[input_types[name]]) for name in input_names})
     return feeds
 
 
-def quantize_int8(
-    src_onnx: Path,
-    dst_onnx: Path,
-    *,
-    scheme: str,
-    calibration_pairs: list[tuple[str, str]] | None,
-    tokenizer_json: Path,
-    input_names: list[str],
-    max_length: int,
-) -> dict:
-    """Quantize ``src_onnx`` to int8 and write ``dst_onnx``; return the settings for the manifest.
+def _freeze_activation_scales(qmodel: Any, ranges: tuple[dict[str, float], dict[str, float]]) -> int:
+    """Replace each DynamicQuantizeLinear of ``qmodel`` by a QuantizeLinear with constant scale and
+    zero point from ``ranges`` (the calibrated MinMax of its input on the fp32 graph)."""
+    import numpy as np
+    from onnx import helper, numpy_helper
 
-    ``scheme`` is one of :data:`INT8_SCHEMES`. ``src_onnx`` must be the graph of
-    ``SOURCE_VARIANT[scheme]`` (plain fp32 for static, ORT-optimized for dynamic).
-    ``calibration_pairs`` (static only) default to the built-in set; ``tokenizer_json``,
-    ``input_names`` and ``max_length`` make calibration inputs exactly as the runtime makes them.
-    Every failure raises :class:`~crossrank.errors.ExportError` (the onnxruntime error as its cause).
-    """
-    if scheme not in INT8_SCHEMES:
-        raise ExportError(f"unknown int8 scheme {scheme!r}; choose one of {', '.join(INT8_SCHEMES)}")
-    if not isinstance(max_length, int) or max_length < 4:
-        raise ExportError(f"max_length must be an integer >= 4, got {max_length!r}")
-    src_onnx, dst_onnx, tokenizer_json = Path(src_onnx), Path(dst_onnx), Path(tokenizer_json)
-    if not src_onnx.is_file():
-        raise ExportError(f"source graph {src_onnx} does not exist")
-    onnx, onnxruntime, quantization = _import_ort()
-    fused, input_types = _graph_facts(onnx, src_onnx)
-    want_fused = SOURCE_VARIANT[scheme] == "optimized"
-    if fused != want_fused:
-        raise ExportError(
-            f"{scheme} int8 quantizes the {'ORT-optimized (fused)' if want_fused else 'plain fp32'} graph "
-            f"(variant {SOURCE_VARIANT[scheme]!r}), but {src_onnx.name} is "
-            f"{'a fused' if fused else 'an unfused'} graph"
-        )
-    isa = detect_isa()
-    # u8 x s8 kernels on x86 without VNNI sum pairs of products in int16 (vpmaddubsw) and can
-    # saturate with full-range weights; 7-bit weights cannot. VNNI and arm64 do not need it, but
-    # the file may be copied to an older CPU: keep 7 bits unless the build machine has VNNI.
-    reduce_range = not (_has_vnni(isa) or isa.startswith("arm64"))
-    use_external = src_onnx.stat().st_size > _EXTERNAL_DATA_BYTES
-    QuantType, QuantFormat = quantization.QuantType, quantization.QuantFormat
-    settings: dict[str, Any] = {
-        "scheme": scheme,
-        "source_variant": SOURCE_VARIANT[scheme],
-        "per_channel": True,
-        "reduce_range": reduce_range,
-        "weight_type": "int8",
-        "weight_symmetric": True,
-        "isa_target": isa,
-        "onnxruntime": onnxruntime.__version__,
-        "max_length": max_length,
-    }
-    dst_onnx.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if scheme == "static":
-            pairs = load_calibration_pairs(None) if calibration_pairs is None else list(calibration_pairs)
-            if not pairs:
-                raise ExportError("static int8 needs at least one calibration pair")
-            feeds = _calibration_feeds(
-                pairs,
-                tokenizer_json=tokenizer_json,
-                input_types=input_types,
-                input_names=input_names,
-                max_length=max_length,
-                onnx=onnx,
-            )
-            op_types = ["MatMul"]
-            with tempfile.TemporaryDirectory(prefix="crossrank-calib-") as tmp:
-                # onnxruntime's calibration writes its augmented model into the working folder
-                _quantize_static(quantization, src_onnx, dst_onnx, feeds, reduce_range, use_external, onnx, Path(tmp))
-            settings.update(
-                {
-                    "quant_format": "QDQ",
-                    "activation_type": "uint8",
-                    "activation_symmetric": False,
-                    "matmul_outputs_quantized": False,
-                    "bypass_reads_fp32": True,
-                    "op_types": op_types,
-                    "excluded": "MatMuls without a constant weight (attention QK^T, PV); everything but MatMul",
-                    "calibration": {
-                        "method": "MinMax",
-                        "pairs": len(pairs),
-                        "source": "built-in" if calibration_pairs is None else "user",
-                        "batch": 1,
-                    },
-                }
-            )
-        else:
-            op_types = ["MatMul", "Attention"]
-            quantization.quantize_dynamic(
-                str(src_onnx),
-                str(dst_onnx),
-                op_types_to_quantize=op_types,
-                per_channel=True,
-                reduce_range=reduce_range,
-                weight_type=QuantType.QInt8,
-                use_external_data_format=use_external,
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
-            settings.update(
-                {
-                    "quant_format": "QOperator",
-                    "activation_type": "uint8 (dynamic, per call)",
-                    "activation_symmetric": False,
-                    "op_types": op_types,
-                    "excluded": "embeddings, LayerNorm, GELU, pooler and classifier (fp32)",
-                    "calibration": None,
-                }
-            )
-    except ExportError:
-        raise
-    except Exception as err:  # onnxruntime/onnx raise RuntimeError, ValueError, Fail, ...
-        _remove(dst_onnx)
-        raise ExportError(f"{scheme} int8 quantization of {src_onnx.name} failed: {err}") from err
-    if not dst_onnx.is_file():
-        raise ExportError(f"{scheme} int8 quantization of {src_onnx.name} wrote no {dst_onnx.name}")
-    logger.info("int8 (%s) written to %s for %s", scheme, dst_onnx, isa)
-    return settings
+    lo, hi = ranges
+    graph = qmodel.graph
+    dql = [n for n in graph.node if n.op_type == "DynamicQuantizeLinear"]
+    missing = sorted({n.input[0] for n in dql} - set(lo))
+    if missing:
+        raise ExportError(f"internal error: no calibrated range for quantizer input(s) {', '.join(missing)}")
+    for node in dql:
+        x = node.input[0]
+        # DynamicQuantizeLinear's own formula (range widened to include 0), on calibrated bounds
+        rmin, rmax = min(0.0, lo[x]), max(0.0, hi[x])
+        scale = (rmax - rmin) / 255.0 if rmax > rmin else 1.0
+        zero_point = int(np.clip(np.round(-rmin / scale), 0, 255))
+        y, y_scale, y_zero_point = node.output
+        graph.initializer.append(numpy_helper.from_array(np.array(scale, dtype=np.float32), y_scale))
+        graph.initializer.append(numpy_helper.from_array(np.array(zero_point, dtype=np.uint8), y_zero_point))
+        quant = helper.make_node("QuantizeLinear", [x, y_scale, y_zero_point], [y], name=node.name + "_static")
+        index = list(graph.node).index(node)
+        graph.node.remove(node)
+        graph.node.insert(index, quant)
+    return len(dql)
 
 
-def _quantize_static(
-    quantization: Any,
-    src_onnx: Path,
-    dst_onnx: Path,
-    feeds: list[dict[str, Any]],
-    reduce_range: bool,
-    use_external: bool,
-    onnx: Any,
-    workdir: Path,
-) -> None:
-    """Static QDQ int8 of every weight MatMul, then keep the fp32 paths fp32.
+def _minmax(
+    onnx: Any, onnxruntime: Any, fp32_path: Path, tensors: list[str], feeds: list[dict[str, Any]]
+) -> tuple[dict[str, float], dict[str, float]]:
+    from onnx import TensorProto, helper
 
-    The recipe kept from the study (``benchmarks/int8_study.py``): QDQ around MatMuls whose second
-    operand is a constant weight (the attention QK^T / PV products stay fp32), per-channel 7/8-bit
-    symmetric weights, asymmetric uint8 activations calibrated with MinMax, MatMul outputs not
-    re-quantized, and every consumer that is not a quantized MatMul (residual Adds, LayerNorm)
-    reading the fp32 tensor instead of its quantize-dequantize copy. Symmetric int8 activations
-    lost most of the ranking (Spearman 0.60); this recipe kept Spearman ≥ 0.995 on TREC DL.
-    """
-    del workdir  # onnxruntime keeps its augmented calibration model in its own temporary folder
-    quantization.quantize_static(
-        str(src_onnx),
-        str(dst_onnx),
-        _PairReader(feeds),
-        quant_format=quantization.QuantFormat.QDQ,
-        op_types_to_quantize=["MatMul"],
-        per_channel=True,
-        reduce_range=reduce_range,
-        activation_type=quantization.QuantType.QUInt8,
-        weight_type=quantization.QuantType.QInt8,
-        calibrate_method=quantization.CalibrationMethod.MinMax,
-        use_external_data_format=use_external,
-        extra_options={
-            "ActivationSymmetric": False,
-            "WeightSymmetric": True,
-            "MatMulConstBOnly": True,
-            "OpTypesToExcludeOutputQuantization": ["MatMul"],
-            "DefaultTensorType": onnx.TensorProto.FLOAT,
-        },
-    )
-    _bypass_reads_fp32(onnx, dst_onnx, use_external)
+    model = onnx.load(str(fp32_path))
+    outputs = {o.name for o in model.graph.output}
+    for t in tensors:
+        if t not in outputs:
+            model.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    with tempfile.TemporaryDirectory(prefix="crossrank-calib-") as tmp:
+        path = Path(tmp) / "calibrate.onnx"
+        onnx.save(model, str(path), save_as_external_data=model.ByteSize() > _EXTERNAL_DATA_BYTES)
+        del model
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        lo = {t: 0.0 for t in tensors}
+        hi = {t: 0.0 for t in tensors}
+        for feed in feeds:
+            for t, value in zip(tensors, session.run(tensors, feed)):
+                if value.size:
+                    lo[t] = min(lo[t], float(value.min()))
+                    hi[t] = max(hi[t], float(value.max()))
+    return lo, hi
 
 
-def _bypass_reads_fp32(onnx: Any, path: Path, use_external: bool) -> int:
-    """Rewire non-quantized consumers of an activation's Q->DQ copy to the fp32 original.
+def _fuse_matmul_integer_to_float(onnx: Any, qmodel: Any) -> int:
+    """``MatMulInteger(A, B) -> Cast -> Mul(Mul(a_scale, b_scale))`` into one
+    ``com.microsoft.MatMulIntegerToFloat`` (what onnxruntime fuses by itself only for dynamic
+    quantizers). A chain that does not match exactly is left as it is (correct, slower)."""
+    from onnx import helper
 
-    Returns how many inputs were rewired; Q/DQ nodes left without consumers are dropped.
-    """
-    model = onnx.load(str(path))
-    graph = model.graph
-    initializers = {i.name for i in graph.initializer}
-    producer = {out: node for node in graph.node for out in node.output}
-    fp32_of: dict[str, str] = {}
-    for node in graph.node:
-        if node.op_type == "DequantizeLinear" and node.input[0] in producer:
-            q = producer[node.input[0]]
-            if q.op_type == "QuantizeLinear" and q.input[0] not in initializers:
-                fp32_of[node.output[0]] = q.input[0]
-    rewired = 0
-    for node in graph.node:
-        if node.op_type in ("MatMul", "QuantizeLinear", "DequantizeLinear"):
+    graph = qmodel.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    remove: list[Any] = []
+    fused = 0
+    for node in list(graph.node):
+        if node.op_type != "MatMulInteger" or len(node.input) < 2:
             continue
-        for k, name in enumerate(node.input):
-            if name in fp32_of:
-                node.input[k] = fp32_of[name]
-                rewired += 1
-    outputs = {o.name for o in graph.output}
-    while True:
-        used = {i for n in graph.node for i in n.input} | outputs
-        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not any(o in used for o in n.output)]
-        if not dead:
-            break
-        for n in dead:
-            graph.node.remove(n)
-    onnx.save(model, str(path), save_as_external_data=use_external)
-    return rewired
-
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass
+        cast = consumers.get(node.output[0], [])
+        if len(cast) != 1 or cast[0].op_type != "Cast":
+            continue
+        mul = consumers.get(cast[0].output[0], [])
+        if len(mul) != 1 or mul[0].op_type != "Mul":
+            continue
+        scale_name = [i for i in mul[0].input if i != cast[0].output[0]]
+        scale_mul = producer.get(scale_name[0]) if len(scale_name) == 1 else None
+        quant_a = producer.get(node.input[0])
+        if scale_mul is None or scale_mul.op_type != "Mul" or quant_a is None or quant_a.op_type != "QuantizeLinear":
+            continue
+        a_scale = quant_a.input[1]
+        if a_scale not in scale_mul.input:
+            continue
+        b_scale = [i for i in scale_mul.input if i != a_scale]
+        if len(b_scale) != 1:
+            continue
+        a_zp = node.input[2] if len(node.input) > 2 else ""
+        b_zp = node.input[3] if len(node.input) > 3 else ""
+        new = helper.make_node(
+            "MatMulIntegerToFloat",
+            [node.input[0], node.input[1], a_scale, b_scale[0], a_zp, b_zp],
+            [mul[0].output[0]],
+            name=node.name + "_to_float",
+            domain="com.microsoft",
+        )
+        graph.node.insert(list(graph.node).index(node), new)
+        remove += [node, cast[0], mul[0]]
+        if len(consumers.get(scale_mul.output[0], [])) == 1:
+            remove.append(scale_mul)
+        fused += 1
+    for n in remove:
+        graph.node.remove(n)
+    if fused and not any(o.domain == "com.microsoft" for o in qmodel.opset_import):
+        qmodel.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return fused

@@ -1,0 +1,237 @@
+"""crossrank.export.quantize: calibration files, argument errors, and what each int8 scheme writes.
+
+The graph-level tests quantize a tiny random BERT's fused graph (exported with optimum and
+optimized the way the exporter does), so they check structure and batch invariance, not quality:
+quality on the real model is measured by benchmarks/int8_study.py.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crossrank.errors import ExportError
+from crossrank.export import quantize
+from crossrank.export.quantize import (
+    DEFAULT_INT8_SCHEME,
+    INT8_SCHEMES,
+    SOURCE_VARIANT,
+    detect_isa,
+    load_calibration_pairs,
+    quantize_int8,
+)
+
+NAMES = ["input_ids", "attention_mask", "token_type_ids"]
+
+
+# --------------------------------------------------------------------------------------------
+# calibration pairs
+# --------------------------------------------------------------------------------------------
+def test_builtin_calibration_set_is_varied() -> None:
+    pairs = load_calibration_pairs(None)
+    assert 100 <= len(pairs) <= 200
+    assert all(isinstance(q, str) and isinstance(d, str) and q.strip() for q, d in pairs)
+    words = sorted(len(d.split()) for _, d in pairs)
+    assert words[0] < 15 and words[-1] > 300  # one-line snippets up to passages past 512 tokens
+    assert len({q for q, _ in pairs}) >= 40
+    assert pairs == load_calibration_pairs(quantize.BUILTIN_CALIBRATION)
+
+
+def test_user_calibration_file(tmp_path: Path) -> None:
+    f = tmp_path / "cal.jsonl"
+    f.write_text(
+        json.dumps({"query": "q1", "document": "d1", "label": 1}) + "\n\n" + json.dumps({"query": "q2", "document": ""}) + "\n",
+        encoding="utf-8",
+    )
+    assert load_calibration_pairs(f) == [("q1", "d1"), ("q2", "")]
+
+
+@pytest.mark.parametrize(
+    "lines, match",
+    [
+        (['{"query": "a", "document": "b"}', '{"query": "a", "document": '], r"line 2: not valid JSON"),
+        (['["a", "b"]'], r"line 1: expected an object"),
+        (['{"query": "a"}'], r'line 1: "document" is missing'),
+        (['{"query": 3, "document": "b"}'], r'line 1: "query" is a int, not a string'),
+        (['{"query": "  ", "document": "b"}'], r'line 1: "query" is empty'),
+        (["", "   "], r"holds no pairs"),
+    ],
+)
+def test_bad_calibration_file_names_file_and_line(tmp_path: Path, lines: list[str], match: str) -> None:
+    f = tmp_path / "bad.jsonl"
+    f.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ExportError, match=match) as info:
+        load_calibration_pairs(f)
+    assert str(f) in str(info.value)
+
+
+def test_missing_and_undecodable_calibration_file(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="does not exist"):
+        load_calibration_pairs(tmp_path / "nope.jsonl")
+    f = tmp_path / "latin1.jsonl"
+    f.write_bytes(b'{"query": "caf\xe9", "document": "x"}\n')
+    with pytest.raises(ExportError, match="cannot be read"):
+        load_calibration_pairs(f)
+
+
+def test_public_constants_and_isa() -> None:
+    assert INT8_SCHEMES == ("static", "dynamic")
+    assert DEFAULT_INT8_SCHEME in INT8_SCHEMES
+    assert set(SOURCE_VARIANT) == set(INT8_SCHEMES) and set(SOURCE_VARIANT.values()) <= {"fp32", "optimized"}
+    isa = detect_isa()
+    assert isinstance(isa, str) and isa
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    if " avx2" in flags and "vnni" not in flags and "avx512f" not in flags:
+        assert isa == "avx2"
+
+
+# --------------------------------------------------------------------------------------------
+# graphs
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_graphs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from optimum.exporters.onnx import main_export
+    from tiny_models import build_tiny_model
+    from transformers import AutoConfig
+
+    from crossrank.export.optimize import optimize_graph
+
+    root = tmp_path_factory.mktemp("tiny-quant")
+    hf = build_tiny_model("bert", root / "hf", num_labels=1)
+    main_export(str(hf), root / "onnx", task="text-classification")
+    plain = root / "onnx" / "model.onnx"
+    opt = root / "model.opt.onnx"
+    settings = optimize_graph(plain, opt, model_type="bert", config=AutoConfig.from_pretrained(hf))
+    assert settings.get("attention_fused") is True
+    return {"plain": plain, "opt": opt, "tokenizer": root / "onnx" / "tokenizer.json"}
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _batch(tokenizer: Path, pairs: list[tuple[str, str]]) -> dict[str, np.ndarray]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer))
+    tok.no_padding()
+    tok.enable_truncation(max_length=128, strategy="only_second")
+    encs = tok.encode_batch(pairs)
+    n, width = len(encs), max(len(e.ids) for e in encs)
+    feed = {k: np.zeros((n, width), np.int64) for k in NAMES}
+    for i, e in enumerate(encs):
+        feed["input_ids"][i, : len(e.ids)] = e.ids
+        feed["attention_mask"][i, : len(e.ids)] = 1
+        feed["token_type_ids"][i, : len(e.ids)] = e.type_ids
+    return feed
+
+
+PAIRS = [
+    ("how do i export my data", "you can export data as csv or json from the settings page"),
+    ("how do i export my data", "billing"),
+    ("reset password", "to reset your password open the account page and send the email " * 6),
+    ("coffee", "tea and coffee are served with milk in the station cafe before the train"),
+]
+
+
+def _scores(path: Path, tokenizer: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(scores of PAIRS in one padded batch, scores of each pair alone)."""
+    s = _session(path)
+    together = s.run(None, _batch(tokenizer, PAIRS))[0][:, 0]
+    alone = np.array([s.run(None, _batch(tokenizer, [p]))[0][0, 0] for p in PAIRS])
+    return together, alone
+
+
+def _ops(path: Path) -> set[str]:
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def _quantize(graphs: dict[str, Path], dst: Path, scheme: str, **kw) -> dict:
+    args = dict(calibration_pairs=None, tokenizer_json=graphs["tokenizer"], input_names=NAMES, max_length=128)
+    args.update(kw)
+    return quantize_int8(graphs["opt"], dst, scheme=scheme, **args)
+
+
+def test_static_int8_freezes_scales_and_is_batch_invariant(tiny_graphs, tmp_path: Path) -> None:
+    dst = tmp_path / "model.int8.onnx"
+    settings = _quantize(tiny_graphs, dst, "static")
+    ops = _ops(dst)
+    assert "DynamicQuantizeLinear" not in ops and "DynamicQuantizeMatMul" not in ops
+    assert {"QAttention", "QuantizeLinear", "MatMulIntegerToFloat"} <= ops
+    assert settings["scheme"] == "static" and settings["batch_invariant"] is True
+    assert settings["reduce_range"] is True and settings["per_channel"] is True
+    assert settings["isa_target"] == detect_isa()
+    assert settings["attention_quantized"] == 2 and settings["nodes_quantized"] == 8  # 2 layers x (QKV + 3)
+    cal = settings["calibration"]
+    assert cal["method"] == "MinMax" and cal["source"] == "built-in"
+    assert cal["pairs"] == len(load_calibration_pairs(None)) and cal["frozen_quantizers"] == 8
+    json.dumps(settings)  # goes into the manifest as it is
+
+    together, alone = _scores(dst, tiny_graphs["tokenizer"])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6)
+    ref, _ = _scores(tiny_graphs["opt"], tiny_graphs["tokenizer"])
+    assert not np.array_equal(together, ref)  # int8 maths happened...
+    assert np.abs(together - ref).max() < 0.5 * (np.abs(ref).max() + 1e-3)  # ...and it is still the model
+
+
+def test_static_int8_user_calibration_pairs_change_the_scales(tiny_graphs, tmp_path: Path) -> None:
+    import onnx
+
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    _quantize(tiny_graphs, a, "static")
+    settings = _quantize(tiny_graphs, b, "static", calibration_pairs=[("coffee", "tea")])
+    assert settings["calibration"]["source"] == "user" and settings["calibration"]["pairs"] == 1
+
+    def scales(p: Path) -> dict[str, float]:
+        g = onnx.load(str(p)).graph
+        init = {t.name: onnx.numpy_helper.to_array(t) for t in g.initializer}
+        return {n.input[1]: float(init[n.input[1]]) for n in g.node if n.op_type == "QuantizeLinear"}
+
+    sa, sb = scales(a), scales(b)
+    assert sa.keys() == sb.keys() and any(sa[k] != sb[k] for k in sa)
+
+
+def test_dynamic_int8_keeps_per_call_scales(tiny_graphs, tmp_path: Path) -> None:
+    dst = tmp_path / "model.int8.onnx"
+    settings = _quantize(tiny_graphs, dst, "dynamic", calibration_pairs=None)
+    assert "DynamicQuantizeLinear" in _ops(dst) and "QAttention" in _ops(dst)
+    assert settings["scheme"] == "dynamic" and settings["calibration"] is None
+    assert settings["batch_invariant"] is False
+
+
+def test_quantize_argument_errors(tiny_graphs, tmp_path: Path) -> None:
+    dst = tmp_path / "x.onnx"
+    with pytest.raises(ExportError, match="unknown int8 scheme 'fp8'"):
+        _quantize(tiny_graphs, dst, "fp8")
+    with pytest.raises(ExportError, match="does not exist"):
+        quantize_int8(tmp_path / "missing.onnx", dst, scheme="static", calibration_pairs=None,
+                      tokenizer_json=tiny_graphs["tokenizer"], input_names=NAMES, max_length=128)
+    with pytest.raises(ExportError, match="'pixel_values' is not an input"):
+        _quantize(tiny_graphs, dst, "static", input_names=["input_ids", "pixel_values"])
+    with pytest.raises(ExportError, match="at least one calibration pair"):
+        _quantize(tiny_graphs, dst, "static", calibration_pairs=[])
+    with pytest.raises(ExportError, match="max_length"):
+        _quantize(tiny_graphs, dst, "static", max_length=0)
+    with pytest.raises(ExportError, match="cannot load tokenizer"):
+        _quantize(tiny_graphs, dst, "static", tokenizer_json=tmp_path / "no-tokenizer.json")
+    assert not dst.exists()
+
+
+def test_onnxruntime_failures_become_export_errors(tiny_graphs, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(tiny_graphs["opt"].read_bytes()[:5000])
+    dst = tmp_path / "x.onnx"
+    with pytest.raises(ExportError, match="broken.onnx") as info:
+        quantize_int8(broken, dst, scheme="dynamic", calibration_pairs=None,
+                      tokenizer_json=tiny_graphs["tokenizer"], input_names=NAMES, max_length=128)
+    assert info.value.__cause__ is not None
+    assert not dst.exists()
+
