@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .machine import isa_summary
+from .systems import REFERENCE
 
 __all__ = ["markdown", "write_outputs", "plot_latency"]
 
@@ -145,9 +146,9 @@ def _quality_table(results: Mapping[str, Any], quality: Mapping[str, Any], label
             if s not in names:
                 names.append(s)
     ref_count = str(results.get("settings", {}).get("headline_count", 50))
-    ref = "st-torch"
+    ref = REFERENCE
     # the fp32 baseline of the retention column: crossrank fp32 when it was scored, else PyTorch fp32
-    base = "crossrank-fp32" if any("crossrank-fp32" in row for row in quality.values()) else "st-torch"
+    base = "crossrank-fp32" if any("crossrank-fp32" in row for row in quality.values()) else REFERENCE
     out = ["### Quality and the speed trade-off", ""]
     head = ["system"] + [f"{DATASET_TITLES.get(d, d)} nDCG@10 / MRR@10" for d in dsets]
     head += [f"nDCG@10 vs {labels.get(base, base)} ({', '.join(DATASET_TITLES.get(d, d) for d in dsets)})",

@@ -22,7 +22,7 @@ from .data import DATASETS, latency_workload, load_dataset
 from .latency import LatencyPlan, measure_latency
 from .machine import describe_machine
 from .peers import PEERS, default_cache_dir, prepare_peer_models, weights_key
-from .systems import System, check_unique, load_crossrank, load_peer_system
+from .systems import REFERENCE, System, check_unique, load_crossrank, load_peer_system
 
 log = logging.getLogger("crossrank.bench")
 
@@ -241,7 +241,7 @@ def _run(cfg: BenchConfig, progress: Callable[[str], None] | None) -> dict[str, 
         from .quality import quality_table  # noqa: PLC0415
 
         qvariants = _quality_variants(cfg, variants)
-        qsystems = [s for s in systems if (s.kind == "crossrank" and s.info["variant"] in qvariants) or s.name == "st-torch"]
+        qsystems = [s for s in systems if (s.kind == "crossrank" and s.info["variant"] in qvariants) or s.name == REFERENCE]
         dsets = [load_dataset(d, cfg.data_dir).head(cfg.quality_queries) for d in cfg.quality_datasets]
         quality = quality_table(qsystems, dsets, cache_dir=cache_dir if cfg.score_cache else None, progress=say)
         labels["first-stage"] = "first stage (as given)"
