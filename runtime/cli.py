@@ -16,7 +16,7 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ._version import __version__
 from .errors import CrossrankError
@@ -53,15 +53,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(debug: bool, quiet: bool) -> None:
-    # The CLI owns the process, so it may configure handlers; the library never does.
+def _configure_logging(debug: bool, quiet: bool) -> Callable[[], None]:
+    """Send crossrank's log to stderr for this command; returns what undoes it.
+
+    The CLI owns the process, so it may configure handlers; the library never does. ``main()``
+    undoes it on return, so that calling it in-process (tests, notebooks) leaves no handler bound
+    to a stream that may be closed later.
+    """
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger("crossrank")
+    before = (list(root.handlers), root.level, root.propagate)
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+
+    def restore() -> None:
+        root.handlers[:] = before[0]
+        root.setLevel(before[1])
+        root.propagate = before[2]
+
+    return restore
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,7 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    _configure_logging(args.debug, args.quiet)
+    restore_logging = _configure_logging(args.debug, args.quiet)
+    try:
+        return _run(args)
+    finally:
+        restore_logging()
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

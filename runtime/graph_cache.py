@@ -1,8 +1,7 @@
 """A disk cache of onnxruntime-optimized graphs, so a CPU session is not re-optimized on every start.
 
-onnxruntime rewrites a graph when a session starts (constant folding, LayerNorm/GELU fusions and,
-for a statically quantized QDQ graph, folding QuantizeLinear/DequantizeLinear groups into integer
-kernels). The first :class:`~crossrank.Reranker` load of a variant saves the rewritten graph
+onnxruntime rewrites a graph when a session starts (constant folding, LayerNorm/GELU fusions,
+integer-kernel fusions of a quantized graph). The first :class:`~crossrank.Reranker` load of a variant saves the rewritten graph
 (``SessionOptions.optimized_model_filepath``); later loads open that graph with optimization
 switched off. Measured on the real MiniLM-L6 static int8 graph (2-core EPYC, busy machine):
 session start 0.51 s -> 0.33 s, identical logits, same run time.

@@ -144,8 +144,8 @@ class Reranker:
             verify: check the sha256 of the chosen ONNX file and of tokenizer.json against the
                 manifest (costs ~0.1 s per 100 MB); False skips it.
             graph_optimization: onnxruntime graph optimization level at session start,
-                ``"disable" | "basic" | "extended" | "all"``. "all" (default) also folds a static
-                int8 graph's quantize/dequantize pairs into integer kernels; with the graph cache
+                ``"disable" | "basic" | "extended" | "all"``. "all" (default) also applies the
+                CPU-specific fusions of onnxruntime; with the graph cache
                 this work is done once per model, onnxruntime version and CPU, not on every start.
             spinning: let idle onnxruntime worker threads spin for new work (lowest latency; burns
                 CPU between calls). False for services that share cores with other work.

@@ -795,3 +795,14 @@ def test_cli_without_documents_on_a_terminal_is_an_error(tiny_bert_folder: Path,
 
     assert main(["rerank", str(tiny_bert_folder), "-q", "x"]) == 1
     assert "--docs" in capsys.readouterr().err
+
+
+def test_cli_in_process_leaves_logging_as_it_found_it(tmp_path) -> None:
+    import logging
+
+    from crossrank.cli import main
+
+    log = logging.getLogger("crossrank")
+    before = (list(log.handlers), log.level, log.propagate)
+    assert main(["info", str(tmp_path / "missing")]) == 1  # configures stderr logging, then fails
+    assert (list(log.handlers), log.level, log.propagate) == before
