@@ -1,6 +1,9 @@
 """Quality retention in the suite: crossrank int8 nDCG@10 against crossrank fp32 on TREC DL 2020 and
-SciFact (target: >= 99.5%), timing how long scoring the set takes. Smoke mode scores the first
-queries only and requires >= 97% there (few queries make the ratio coarse)."""
+SciFact (target: >= 99.5%), timing how long scoring the set takes. Smoke mode scores the first 6
+queries only, where one near-tie swap moves the mean by several percent (measured, static int8:
+TREC DL 101.0%, SciFact 93.5% on those 6; 99.96% / 100.3% on the whole sets), so it requires only
+>= 90%: enough to catch a broken quantization, not to prove the target. The target itself is
+asserted on whole sets by the full suite and on all TREC DL queries by tests/test_runtime_real.py."""
 from __future__ import annotations
 
 import pytest
@@ -29,5 +32,5 @@ def test_int8_keeps_fp32_ndcg(benchmark, bench_model, bench_settings, dataset):
     ratio = int8["ndcg@10"] / fp32["ndcg@10"]
     benchmark.extra_info.update(dataset=dataset, queries=len(ds.queries), ndcg_fp32=fp32["ndcg@10"],
                                 ndcg_int8=int8["ndcg@10"], retention=ratio, mrr_int8=int8["mrr@10"])
-    floor = 0.97 if SETTINGS.smoke else 0.995
+    floor = 0.90 if SETTINGS.smoke else 0.995
     assert ratio >= floor, f"int8 keeps {ratio:.2%} of fp32 nDCG@10 on {dataset} ({int8} vs {fp32})"
