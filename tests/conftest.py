@@ -5,6 +5,7 @@
   once into a cache folder ($CROSSRANK_TEST_CACHE, default <repo>/.cache/tests) and reused while
   its inputs (build.py, adapter, overrides) are unchanged.
 * ``data_file(name)``: path of a relevance set in ../shared/data.
+* every test runs with ``$CROSSRANK_CACHE`` set to a private folder (the runtime's graph cache).
 
 The real model and data are required: their absence is an error, not a skip.
 """
@@ -29,6 +30,15 @@ def _cache_dir() -> Path:
     d = Path(os.environ.get("CROSSRANK_TEST_CACHE", REPO / ".cache" / "tests"))
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_graph_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Keep the runtime's optimized-graph cache of every test out of the user's ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CROSSRANK_CACHE", str(tmp_path_factory.mktemp("graph-cache")))
+    yield
+    mp.undo()
 
 
 @pytest.fixture(scope="session")

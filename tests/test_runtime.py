@@ -49,14 +49,6 @@ def _has_cuda() -> bool:
     return CUDA in onnxruntime.get_available_providers()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _private_graph_cache(tmp_path_factory):
-    """Keep the optimized-graph cache of these tests out of the user's ~/.cache."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CROSSRANK_CACHE", str(tmp_path_factory.mktemp("graph-cache")))
-    yield
-    mp.undo()
-
 
 @pytest.fixture(scope="module")
 def rr(tiny_bert_folder: Path) -> Reranker:

@@ -34,13 +34,6 @@ DOCS = [
 ] + [f"filler passage number {i} about " + "data " * (i % 37) for i in range(60)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _private_graph_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CROSSRANK_CACHE", str(tmp_path_factory.mktemp("graph-cache")))
-    yield
-    mp.undo()
-
 
 def test_auto_uses_cuda_and_the_fp16_variant(tiny_bert_folder: Path) -> None:
     rr = Reranker.load(tiny_bert_folder)

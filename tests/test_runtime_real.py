@@ -36,14 +36,6 @@ SEED_ST = [0.9045, 0.3739, 0.0638]
 INT8_BATCH_INVARIANCE = 1e-6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _private_graph_cache(tmp_path_factory):
-    """Keep the optimized-graph cache of these tests out of the user's ~/.cache."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CROSSRANK_CACHE", str(tmp_path_factory.mktemp("graph-cache")))
-    yield
-    mp.undo()
-
 
 @lru_cache(maxsize=4)
 def _read(path: str) -> list[dict]:
