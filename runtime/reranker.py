@@ -38,6 +38,13 @@ log = logging.getLogger("crossrank.reranker")
 #   optimized fp32, 100 cands      9518     7901   7517   7790   8168
 #   dynamic int8, 50 cands         2976     -      2706   2838   -
 #   dynamic int8, 100 cands        6290     -      6599   6989   -
+# Re-measured for the static int8 default on an idle machine (median ms, TREC DL queries 0-7 x2):
+#   budget (padded tokens/run):    1 pair   512    1024   2048   4096
+#   static int8, 10 cands          173      172    197    248    245
+#   static int8, 50 cands          836      765    831    846    977
+#   static int8, 100 cands         1369     1359   1346   1435   1522
+# and queries 8-23: 512 / 768 / 1024 -> 198 / 201 / 208 (10), 678 / 668 / 692 (50), 1274 / 1263 /
+# 1282 (100): 512-1024 are within noise of each other; above 2048 it gets slower.
 # One padded batch of all 50 candidates took 1.7-1.8x the 1024-2048 budgets in an earlier run.
 # 512-1024 tokens per run was fastest or within noise of it at 10, 50 and 100 candidates; larger
 # runs lose to cache misses and attention over the batch's longest pair, single pairs to per-run
