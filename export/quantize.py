@@ -13,10 +13,10 @@ Two schemes, :data:`INT8_SCHEMES`; both quantize the ORT-optimized (fused) graph
     the packed Q/K/V projection), the attention-output and both feed-forward projections of every
     layer. fp32: embeddings, LayerNorm/SkipLayerNorm, GELU, the softmax and attention products
     inside the attention kernel, the pooler and the classifier.
-    Because every scale is a constant and the integer products are exact, a pair's score depends
-    only on the pair: it is bit-for-bit the same whichever other pairs share its batch and however
-    much padding the batch adds (measured: max |Δ logit| = 0 between one padded batch of 100,
-    length-sorted batches of 32 and one pair at a time, TREC DL 2020 candidates).
+    Because every scale is a constant and the integer products are exact, batch mates and padding
+    no longer enter a pair's quantization; what remains is the fp32 kernels' summation order
+    (measured: max |Δ logit| = 0 between one padded batch of 100, length-sorted batches of 32 and
+    one pair at a time, TREC DL 2020 candidates; the tests allow 1e-6).
 
 ``dynamic``
     The same weights and operators, but activation scales computed from the data on every call
@@ -219,7 +219,7 @@ def quantize_int8(
     ``None`` = the built-in set), ``tokenizer_json``, ``input_names`` (the graph inputs the runtime
     feeds) and ``max_length`` make the calibration inputs exactly as the runtime makes them.
     Every failure raises :class:`~crossrank.errors.ExportError`, an onnxruntime error as its
-    ``__cause__``; nothing is left at ``dst_onnx`` after a failure.
+    ``__cause__``; the file is written atomically, so a failure leaves ``dst_onnx`` as it was.
     """
     if scheme not in INT8_SCHEMES:
         raise ExportError(f"unknown int8 scheme {scheme!r}; choose one of {', '.join(INT8_SCHEMES)}")
@@ -239,7 +239,6 @@ def quantize_int8(
         if name not in input_types:
             raise ExportError(f"input {name!r} is not an input of {src_onnx.name} (it has {sorted(input_types)})")
     targets = _nodes_to_quantize(model)
-    attention_nodes = {n.name for n in model.graph.node if n.op_type == "Attention"}
     if not targets:
         raise ExportError(f"{src_onnx.name} has no Attention or weight MatMul to quantize")
     del model
@@ -257,8 +256,7 @@ def quantize_int8(
         "activation_symmetric": False,
         "activation_scales": "static (calibrated constants)" if scheme == "static" else "dynamic (per call, per batch)",
         "op_types_quantized": list(_QUANTIZED_OP_TYPES),
-        "nodes_quantized": len(targets),
-        "attention_quantized": sum(1 for t in targets if t in attention_nodes),
+        "nodes_targeted": len(targets),
         "source_fused_ops": fused_ops,
         "kept_fp32": "embeddings, LayerNorm, GELU, attention softmax, pooler, classifier",
         "batch_invariant": scheme == "static",
@@ -267,8 +265,8 @@ def quantize_int8(
         "onnxruntime": onnxruntime.__version__,
     }
     use_external = src_onnx.stat().st_size > _EXTERNAL_DATA_BYTES
-    dst_onnx.parent.mkdir(parents=True, exist_ok=True)
     try:
+        dst_onnx.parent.mkdir(parents=True, exist_ok=True)
         if scheme == "static":
             # the MinMax range of every quantized operator's activation input, on the fp32 graph
             pairs = load_calibration_pairs(None) if calibration_pairs is None else list(calibration_pairs)
@@ -310,12 +308,19 @@ def quantize_int8(
                 settings["matmul_integer_to_float"] = fused
             else:
                 settings["calibration"] = None
-            _save(onnx, qmodel, dst_onnx, use_external)
+            # what the written graph holds, not what was asked for (onnxruntime skips what it cannot do)
+            ops = [n.op_type for n in qmodel.graph.node]
+            settings["attention_quantized"] = ops.count("QAttention")
+            settings["nodes_quantized"] = settings["attention_quantized"] + sum(
+                ops.count(op) for op in ("MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul")
+            )
+            if settings["nodes_quantized"] < len(targets):
+                logger.warning("int8: %d of %d targeted operators were left fp32 by onnxruntime's quantizer",
+                               len(targets) - settings["nodes_quantized"], len(targets))
+            _save_atomic(onnx, qmodel, dst_onnx, use_external)
     except ExportError:
-        _remove(dst_onnx)
         raise
-    except Exception as err:  # onnxruntime/onnx raise RuntimeError, ValueError, Fail, InvalidGraph...
-        _remove(dst_onnx)
+    except Exception as err:  # onnxruntime/onnx raise RuntimeError, ValueError, Fail, InvalidGraph; OSError
         raise ExportError(f"{scheme} int8 quantization of {src_onnx.name} failed: {_first_line(err)}") from err
     logger.info("int8 (%s) written to %s (isa %s)", scheme, dst_onnx, isa)
     return settings
@@ -348,20 +353,24 @@ def _load(onnx: Any, path: Path) -> Any:
         raise ExportError(f"cannot read ONNX graph {path}: {_first_line(err)}") from err
 
 
-def _save(onnx: Any, model: Any, path: Path, external: bool) -> None:
-    if external:
-        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=path.name + ".data")
-    else:
-        onnx.save(model, str(path))
+def _save_atomic(onnx: Any, model: Any, path: Path, external: bool) -> None:
+    """Write ``path`` (and its ``.data`` file) in a temporary folder beside it, then rename them into
+    place: an interrupted or failed write leaves ``path`` as it was."""
+    import os
+    import shutil
 
-
-def _remove(path: Path) -> None:
-    for p in (path, path.with_name(path.name + ".data")):
-        try:
-            p.unlink()
-        except OSError:
-            pass
+    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        staged = stage / path.name
+        if external:
+            onnx.save(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                      location=path.name + ".data")
+            os.replace(stage / (path.name + ".data"), path.with_name(path.name + ".data"))
+        else:
+            onnx.save(model, str(staged))
+        os.replace(staged, path)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _input_types(model: Any) -> dict[str, int]:

@@ -169,7 +169,9 @@ def test_static_int8_freezes_scales_and_is_batch_invariant(tiny_graphs, tmp_path
     assert settings["scheme"] == "static" and settings["batch_invariant"] is True
     assert settings["reduce_range"] is True and settings["per_channel"] is True
     assert settings["isa_target"] == detect_isa()
-    assert settings["attention_quantized"] == 2 and settings["nodes_quantized"] == 8  # 2 layers x (QKV + 3)
+    # counted in the written graph: 2 layers x (QAttention + 3 MatMulIntegerToFloat)
+    assert settings["attention_quantized"] == 2 and settings["nodes_quantized"] == settings["nodes_targeted"] == 8
+    assert settings["matmul_integer_to_float"] == 6
     cal = settings["calibration"]
     assert cal["method"] == "MinMax" and cal["source"] == "built-in"
     assert cal["pairs"] == len(load_calibration_pairs(None)) and cal["frozen_quantizers"] == 8
@@ -235,3 +237,24 @@ def test_onnxruntime_failures_become_export_errors(tiny_graphs, tmp_path: Path) 
     assert info.value.__cause__ is not None
     assert not dst.exists()
 
+
+
+
+def test_a_failed_write_leaves_the_destination_as_it_was(tiny_graphs, tmp_path: Path, monkeypatch) -> None:
+    import onnx
+
+    dst = tmp_path / "model.int8.onnx"
+    dst.write_bytes(b"an earlier, good file")
+    real_save = onnx.save
+
+    def save_then_fail(model, f, *args, **kwargs):
+        real_save(model, f, *args, **kwargs)
+        if str(tmp_path) in str(f):  # the int8 file itself (not quantize's own scratch graphs)...
+            raise OSError(28, "No space left on device")  # ...is written, then the disk fills
+
+    monkeypatch.setattr(onnx, "save", save_then_fail)
+    with pytest.raises(ExportError, match="No space left on device") as info:
+        _quantize(tiny_graphs, dst, "static")
+    assert isinstance(info.value.__cause__, OSError)
+    assert dst.read_bytes() == b"an earlier, good file"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.int8.onnx"]  # no staging leftovers
