@@ -3,8 +3,8 @@
 onnxruntime rewrites a graph when a session starts (constant folding, LayerNorm/GELU fusions,
 integer-kernel fusions of a quantized graph). The first :class:`~crossrank.Reranker` load of a variant saves the rewritten graph
 (``SessionOptions.optimized_model_filepath``); later loads open that graph with optimization
-switched off. Measured on the real MiniLM-L6 static int8 graph (2-core EPYC, busy machine):
-session start 0.51 s -> 0.33 s, identical logits, same run time.
+switched off. Measured on the real MiniLM-L6's earlier (QDQ) static int8 graph (2-core EPYC, busy
+machine): session start 0.51 s -> 0.33 s, identical logits, same run time.
 
 The cache key covers everything the rewritten graph depends on: the model file's recorded sha256,
 size and modification time, the onnxruntime version, the optimization level and the CPU (machine

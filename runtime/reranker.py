@@ -44,7 +44,10 @@ log = logging.getLogger("crossrank.reranker")
 #   static int8, 50 cands          836      765    831    846    977
 #   static int8, 100 cands         1369     1359   1346   1435   1522
 # and queries 8-23: 512 / 768 / 1024 -> 198 / 201 / 208 (10), 678 / 668 / 692 (50), 1274 / 1263 /
-# 1282 (100): 512-1024 are within noise of each other; above 2048 it gets slower.
+# 1282 (100). 512 came out 1-13% faster than 1024 at 10-50 candidates (least in the second, longer
+# run), equal at 100; from 2048 on it gets slower. 1024 is kept for now because the recorded
+# benchmark profile (benchmarks/results/epyc-2core-avx2) was measured with it; 512 is the candidate
+# for the next full run.
 # One padded batch of all 50 candidates took 1.7-1.8x the 1024-2048 budgets in an earlier run.
 # 512-1024 tokens per run was fastest or within noise of it at 10, 50 and 100 candidates; larger
 # runs lose to cache misses and attention over the batch's longest pair, single pairs to per-run
