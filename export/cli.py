@@ -10,10 +10,11 @@ import sys
 import time
 from typing import Any, TextIO
 
-__all__ = ["register"]
+from crossrank.manifest import ACTIVATIONS
 
-_ACTIVATIONS = ("identity", "sigmoid", "softmax")
-_SCHEMES = ("static", "dynamic")
+from .quantize import INT8_SCHEMES  # argparse-cheap: onnx/onnxruntime load only when quantizing
+
+__all__ = ["register"]
 
 
 def register(subparsers: Any) -> None:
@@ -28,10 +29,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("out", metavar="OUT", help="output folder; an existing non-crossrank folder is never overwritten")
     p.add_argument("--revision", metavar="R", help="hub revision (branch, tag or commit) to export")
     p.add_argument("--int8", action="store_true", help="add the int8 variant for the CPU")
-    p.add_argument("--int8-scheme", choices=_SCHEMES, help="int8 scheme: static (calibrated) or dynamic (default: crossrank's measured choice)")
+    p.add_argument("--int8-scheme", choices=INT8_SCHEMES, help="int8 scheme: static (calibrated) or dynamic (default: crossrank's measured choice)")
     p.add_argument("--calibration", metavar="FILE", help="query/passage pairs (JSONL) to calibrate static int8 (default: built-in)")
     p.add_argument("--fp16", action="store_true", help="add the fp16 variant for the CUDA execution provider")
-    p.add_argument("--activation", choices=_ACTIVATIONS, help="override the score activation read from config.json")
+    p.add_argument("--activation", choices=ACTIVATIONS, help="override the score activation read from config.json")
     p.add_argument("--positive-label", metavar="L", help="label name or index that means relevant (multi-label models)")
     p.add_argument("--max-length", metavar="N", type=int, help="tokens per pair (default: what the model can read)")
     p.add_argument("--validation", metavar="FILE", help="query/passage pairs (JSONL) to validate with (default: built-in)")

@@ -72,7 +72,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -356,9 +358,6 @@ def _load(onnx: Any, path: Path) -> Any:
 def _save_atomic(onnx: Any, model: Any, path: Path, external: bool) -> None:
     """Write ``path`` (and its ``.data`` file) in a temporary folder beside it, then rename them into
     place: an interrupted or failed write leaves ``path`` as it was."""
-    import os
-    import shutil
-
     stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         staged = stage / path.name
