@@ -39,6 +39,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) weights; only for sources you trust")
     p.add_argument("--force", action="store_true", help="replace OUT if it is a crossrank model folder")
     p.add_argument("--keep-failed", action="store_true", help="keep variants that miss their validation thresholds (marked failed)")
+    p.add_argument("--no-prune-last-layer", dest="prune_last_layer", action="store_false",
+                   help="compute the last layer for every token (default: for [CLS] only when the head reads only [CLS])")
     p.add_argument("--opset", metavar="N", type=int, help="ONNX opset (default: optimum's for the architecture)")
     p.set_defaults(func=_run)
 
@@ -79,6 +81,7 @@ def _run(args: argparse.Namespace) -> int:
         force=args.force,
         keep_failed=args.keep_failed,
         opset=args.opset,
+        prune_last_layer=args.prune_last_layer,
         progress=_TerminalProgress(sys.stderr) if interactive else None,
     )
     seconds = time.perf_counter() - started

@@ -57,6 +57,7 @@ def export_model(
     force: bool = False,
     keep_failed: bool = False,
     opset: int | None = None,
+    prune_last_layer: bool = True,
     progress: ProgressCallback | None = None,
 ) -> Manifest:
     """Export a Hugging Face cross-encoder into a crossrank model folder and return its manifest.
@@ -67,7 +68,9 @@ def export_model(
     ``calibration`` pairs or the built-in set) and ``fp16`` (``fp16=True``, for CUDA).
     ``activation`` overrides the one recorded in the model's config; ``positive_label`` (name or
     index) says which logit means relevant when there are several; ``max_length`` lowers the
-    tokens per pair. Every variant is checked against PyTorch on ``validation`` pairs (default: the
+    tokens per pair. ``prune_last_layer=False`` keeps the optimized graph's last layer computed
+    for every token (by default it runs for the [CLS] token only, where the head reads only that;
+    see :mod:`crossrank.export.prune`). Every variant is checked against PyTorch on ``validation`` pairs (default: the
     built-in set); a variant that misses its threshold is left out and :class:`ValidationFailedError`
     is raised (after writing the passing variants, unless fp32 itself failed), or kept and marked
     failed with ``keep_failed=True``. An existing crossrank folder is replaced only with ``force``;
@@ -80,6 +83,8 @@ def export_model(
         raise InvalidInputError("int8_scheme and calibration apply only with int8=True (--int8)")
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < 14):
         raise InvalidInputError(f"opset must be an integer >= 14, not {opset!r}")
+    if not isinstance(prune_last_layer, bool):
+        raise InvalidInputError(f"prune_last_layer must be True or False, not {prune_last_layer!r}")
     if progress is not None and not callable(progress):
         raise InvalidInputError("progress must be a callable(message, step, total) or None")
 
@@ -121,6 +126,7 @@ def export_model(
                 positive_label=positive_label,
                 max_length=max_length,
                 opset=opset,
+                prune_last_layer=prune_last_layer,
                 pairset=pairset,
                 quant=quant,
                 scheme=scheme,
@@ -210,6 +216,7 @@ def _run(
     positive_label: int | str | None,
     max_length: int | None,
     opset: int | None,
+    prune_last_layer: bool,
     pairset: Any,
     quant: Any,
     scheme: str | None,
@@ -279,7 +286,9 @@ def _run(
     steps("Optimizing the graph (onnxruntime transformer fusions) and validating")
     opt_path = folder / VARIANT_FILES["optimized"]
     with _step_errors("graph optimization"):
-        settings["optimized"] = optimize_graph(fp32_path, opt_path, model_type=src.model_type, config=src.config)
+        settings["optimized"] = optimize_graph(
+            fp32_path, opt_path, model_type=src.model_type, config=src.config, prune_last_layer=prune_last_layer
+        )
     figures["optimized"] = validator.figures("optimized", opt_path, _CPU)
 
     if quant is not None:

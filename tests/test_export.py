@@ -27,7 +27,7 @@ CASES = [
         activation="sigmoid", positive=0, token_types=True, via_cli=True,
     ),
     dict(
-        id="bert-3-entailment", arch="bert", num_labels=3, build=dict(id2label=ENTAILMENT), export=dict(),
+        id="bert-3-entailment", arch="bert", num_labels=3, build=dict(id2label=ENTAILMENT), export=dict(prune_last_layer=False),
         activation="softmax", positive=1, token_types=True,
     ),
     dict(
@@ -206,7 +206,9 @@ def test_variant_precision_providers_and_int8_settings(exported) -> None:
     # every projection of both layers is int8: 4 weights per layer where Q/K/V are packed into one
     # fused Attention (QAttention), 6 weight MatMuls per layer where the optimizer fused no attention
     attention_fused = m.variants["optimized"].settings["attention_fused"]
-    assert v.settings["attention_quantized"] == (2 if attention_fused else 0)
+    pruned = m.variants["optimized"].settings["last_layer_pruned"]
+    # a pruned last layer has no Attention node (its Q and K/V projections are plain MatMuls)
+    assert v.settings["attention_quantized"] == (2 - pruned if attention_fused else 0)
     assert int8_weights >= 2 * (4 if attention_fused else 6), int8_weights
     ops = {n.op_type for n in __import__("onnx").load(str(out / v.file)).graph.node}
     # static: no activation range is computed per call, so no pair depends on its batch mates
@@ -220,15 +222,23 @@ def test_variant_precision_providers_and_int8_settings(exported) -> None:
 
 
 def test_optimized_variant_records_fusions(exported) -> None:
-    case, _, _, m = exported
+    case, _, out, m = exported
     s = m.variants["optimized"].settings
     fused = s["fused_operators"]
     assert fused and all(isinstance(n, int) and n > 0 for n in fused.values())
     assert fused.get("SkipLayerNormalization", 0) >= 2  # residual + layer norm fused in every family
     if case["arch"] in ("bert", "xlm-roberta", "electra"):
         assert fused.get("Attention") == 2 and s["attention_fused"] is True  # one per layer
+        ops = [n.op_type for n in __import__("onnx").load(str(out / "model.opt.onnx")).graph.node]
+        if case["export"].get("prune_last_layer") is False:
+            assert s["last_layer_pruned"] is False and "not requested" in s["last_layer_note"]
+            assert ops.count("Attention") == 2
+        else:  # every head of these families reads [CLS] only: the last layer runs for it alone
+            assert s["last_layer_pruned"] is True and "position 0 only" in s["last_layer_note"], s["last_layer_note"]
+            assert ops.count("Attention") == 1 and "Slice" in ops
     else:  # no attention fusion for DeBERTa-v2/ModernBERT: said so, not hidden
         assert s["attention_fused"] is False and "does not fuse" in s["note"]
+        assert s["last_layer_pruned"] is False and s["last_layer_note"]
 
 
 def test_tokenizer_json_truncates_the_document_at_max_length(exported) -> None:
@@ -277,3 +287,47 @@ def test_parity_recomputed_independently(exported) -> None:
         assert np.abs(scores - ref_scores).max() <= limits[name]
     # the scores are not degenerate: a random tiny model still separates these pairs
     assert np.ptp(ref[:, m.positive_label]) > 1e-3
+
+
+def test_last_layer_pruning_rewrites_only_what_it_can(exported) -> None:
+    """prune_last_layer on each case's optimized graph: exact where it applies, a reason where not."""
+    import onnx
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    from crossrank.export.prune import prune_last_layer
+
+    case, _, out, m = exported
+    s = m.variants["optimized"].settings
+    graph = onnx.load(str(out / "model.opt.onnx"))
+    before = graph.SerializeToString()
+    done, note = prune_last_layer(graph)
+    if s["last_layer_pruned"]:  # already pruned: the head now reads a Reshape'd one-row attention
+        assert not done and "not position-wise" in note
+    elif not s["attention_fused"]:
+        assert not done and "no fused Attention" in note
+    else:  # exported with prune_last_layer=False: prune now and compare on a padded batch
+        assert done, note
+        tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+        encs = [tok.encode(q, d) for q, d in PAIRS]
+        width = max(len(e.ids) for e in encs)
+        arrays = {
+            "input_ids": [e.ids + [m.tokenizer.pad_token_id] * (width - len(e.ids)) for e in encs],
+            "attention_mask": [[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in encs],
+            "token_type_ids": [e.type_ids + [0] * (width - len(e.ids)) for e in encs],
+        }
+        feed = {i.name: np.asarray(arrays[i.name], dtype=np.int64) for i in m.inputs}
+        full = ort.InferenceSession(before, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+        pruned = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+        assert np.abs(full - pruned).max() <= 1e-5
+        assert len({len(e.ids) for e in encs}) > 1  # the batch really had padding to mask
+        # a graph whose last hidden state is also an output keeps every position
+        full = onnx.load(str(out / "model.opt.onnx"))
+        inits = {i.name for i in full.graph.initializer}
+        gather = next(n for n in full.graph.node if n.op_type == "Gather" and n.input[0] not in inits)
+        full.graph.output.append(onnx.helper.make_tensor_value_info(gather.input[0], onnx.TensorProto.FLOAT, None))
+        kept = full.SerializeToString()
+        assert prune_last_layer(full) == (False, "the last hidden state has other readers than the head's [CLS] Gather")
+        assert full.SerializeToString() == kept
+        return
+    assert graph.SerializeToString() == before  # a refusal leaves the graph untouched
