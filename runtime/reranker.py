@@ -45,15 +45,20 @@ log = logging.getLogger("crossrank.reranker")
 #   static int8, 100 cands         1369     1359   1346   1435   1522
 # and queries 8-23: 512 / 768 / 1024 -> 198 / 201 / 208 (10), 678 / 668 / 692 (50), 1274 / 1263 /
 # 1282 (100). 512 came out 1-13% faster than 1024 at 10-50 candidates (least in the second, longer
-# run), equal at 100; from 2048 on it gets slower. 1024 is kept for now because the recorded
-# benchmark profile (benchmarks/results/epyc-2core-avx2) was measured with it; 512 is the candidate
-# for the next full run.
+# run), equal at 100; from 2048 on it gets slower.
+# Re-measured after the last layer was pruned to [CLS] (export/prune.py), idle machine, TREC DL
+# queries 0-15 x2, interleaved:
+#   budget (padded tokens/run):    512    768    1024
+#   static int8, 10 cands          155    163    167
+#   static int8, 50 cands          583    596    605
+#   static int8, 100 cands         1105   1081   1129
+# so the default is now 512 (the benchmark in benchmarks/results/epyc-2core-avx2 uses it).
 # One padded batch of all 50 candidates took 1.7-1.8x the 1024-2048 budgets in an earlier run.
 # 512-1024 tokens per run was fastest or within noise of it at 10, 50 and 100 candidates; larger
 # runs lose to cache misses and attention over the batch's longest pair, single pairs to per-run
-# overhead. 1024 keeps a 512-token pair at batch 2 and 100-token passages at batch ~10.
-# CUDA: not measured here (no GPU); larger batches keep a GPU busy, so the budget is 32x the CPU's.
-DEFAULT_BATCHING = {"cpu": (1024, 64), "cuda": (32768, 256)}
+# overhead. 512 keeps a 512-token pair at batch 1 and 100-token passages at batch ~5.
+# CUDA: not measured here (no GPU); larger batches keep a GPU busy, so the budget is 64x the CPU's.
+DEFAULT_BATCHING = {"cpu": (512, 64), "cuda": (32768, 256)}
 # A dynamically quantized int8 graph computes activation scales over the whole padded batch, so
 # a pair's score moves with its batch mates (measured on the real model: up to 0.1 in sigmoid
 # score). Its default is one pair per run: exactly batch-invariant, ~15-25% slower than batching.
@@ -147,7 +152,7 @@ class Reranker:
                 at least the other half.
             batch_tokens: padded-token budget of one onnxruntime run (batch size x padded
                 length); bounds peak memory whatever the candidate count. Default
-                ``DEFAULT_BATCHING[provider][0]`` (1024 on CPU, measured; 32768 on CUDA).
+                ``DEFAULT_BATCHING[provider][0]`` (512 on CPU, measured; 32768 on CUDA).
             max_batch_size: most pairs per run (default 64 on CPU, 256 on CUDA; 1 for an int8
                 variant quantized with the ``dynamic`` scheme, whose scores otherwise depend on
                 their batch mates).

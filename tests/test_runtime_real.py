@@ -31,8 +31,9 @@ SEED_ST = [0.9045, 0.3739, 0.0638]
 
 # Bound on |score(pair alone) - score(pair in any batch)| for the default (static) int8 variant:
 # its activation scales are constants, so batch mates and padding change nothing. Measured on the
-# real model, TREC DL 2020, 4 queries x 100 candidates: alone vs default batches vs 1024-token
-# batches vs one padded batch of 100 -> max difference 0.0 (scores and logits).
+# real model, TREC DL 2020, 4 queries x 100 candidates: alone vs default (512-token) batches vs
+# 1024-token batches vs one padded batch of 100 -> max difference 0.0 (logits), also with the last
+# layer pruned to [CLS] (export/prune.py).
 INT8_BATCH_INVARIANCE = 1e-6
 
 
