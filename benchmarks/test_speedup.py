@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from crossrank.bench.budgets import load_budgets
+from crossrank.bench.budgets import gate, load_budgets
 from crossrank.bench.latency import LatencyPlan, measure_latency, speedups
 from crossrank.bench.systems import load_crossrank, load_peer_system
 from crossrank.bench.suite import suite_settings
@@ -45,15 +45,10 @@ def test_int8_speedup_over_peers(benchmark, systems, requests_for, bench_setting
     assert not behind, f"crossrank int8 is not ahead of {behind}"
     if bench_settings.smoke:
         return
-    below, goals = {}, {}
-    for f in FLOORS:
-        for peer in (tuple(sp) if f["peer"] == "*" else (f["peer"],)):
-            x = sp.get(peer, {}).get(str(f["count"]))
-            if x is None:
-                continue
-            if f.get("gate", True) is False:
-                goals[f"{peer}@{f['count']}"] = {"min": f["min"], "measured": round(x, 2), "met": x >= f["min"]}
-            elif x < f["min"]:
-                below[(peer, f["count"])] = (round(x, 2), f["min"])
-    benchmark.extra_info["goals"] = goals
-    assert not below, f"speedup floors missed (peer, count): (measured, floor) {below}"
+    # the floors and goals exactly as ``crossrank bench --check`` evaluates them
+    result = gate({"latency": {"systems": latency}}, {"targets": {"speedup_floors": FLOORS}})
+    benchmark.extra_info["goals"] = {
+        c.name: {"min": c.limit, "measured": round(c.measured, 2), "met": c.status == "met"}
+        for c in result.checks if c.kind == "goal"
+    }
+    assert not result.failures, "speedup floors missed:\n" + "\n".join(c.line() for c in result.failures)
