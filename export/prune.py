@@ -124,6 +124,13 @@ def prune_last_layer(model: Any, *, mask_input: str = "attention_mask") -> tuple
             return False, f"{node.op_type} node {node.name!r} between the last Attention and the head is not position-wise"
         if node.op_type == "MatMul" and (node.input[1] not in inits or len(inits[node.input[1]].dims) != 2):
             return False, f"MatMul {node.name!r} in the last layer has a non-constant or non-2-D weight"
+        for k, i in enumerate(node.input):
+            value = const_value(i) if i else None
+            if value is None or (node.op_type == "MatMul" and k == 1):
+                continue
+            if value.ndim > 1 and any(d != 1 for d in value.shape[:-1]):
+                # e.g. a per-position constant: it would not broadcast over one row
+                return False, f"{node.op_type} node {node.name!r} in the last layer has a constant of shape {list(value.shape)}"
         region.append(node)
         for i in node.input:
             if i and i not in (x, att_out) and const_value(i) is None and i in producer:

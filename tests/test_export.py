@@ -329,5 +329,13 @@ def test_last_layer_pruning_rewrites_only_what_it_can(exported) -> None:
         kept = full.SerializeToString()
         assert prune_last_layer(full) == (False, "the last hidden state has other readers than the head's [CLS] Gather")
         assert full.SerializeToString() == kept
+        # a per-position constant in the last layer (here a [3, hidden] layer-norm scale) would not
+        # broadcast over one row: refused
+        odd = onnx.load(str(out / "model.opt.onnx"))
+        last_norm = next(n for n in odd.graph.node if gather.input[0] in n.output)
+        odd.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((3, m.variants["optimized"].settings["hidden_size"]), np.float32), "odd_gamma"))
+        last_norm.input[2] = "odd_gamma"
+        done, note = prune_last_layer(odd)
+        assert not done and "has a constant of shape [3," in note, note
         return
     assert graph.SerializeToString() == before  # a refusal leaves the graph untouched
