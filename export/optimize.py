@@ -9,8 +9,9 @@ optimizations and records the reason. The provider-specific levels (extended, la
 the runtime's session, so the file stays valid for CPU and CUDA alike.
 
 When attention was fused and the classification head reads only the first token, the last layer
-is then pruned to that token (:mod:`crossrank.export.prune`; about 1/6 less work for 6 layers,
-measured 11% faster fp32 and 19% faster int8 on the real MiniLM-L6 at 50 TREC DL candidates);
+is then pruned to that token (:mod:`crossrank.export.prune`; 14% fewer weight multiply-adds for
+MiniLM-L6; on the real model at 50 TREC DL candidates, same batches: fp32 1,020 -> 906 ms, static
+int8 676 -> 546 ms, i.e. 1.13x and 1.24x);
 ``last_layer_pruned`` in the settings says whether it was, and why not.
 """
 from __future__ import annotations
@@ -33,6 +34,24 @@ def _heads_and_hidden(config: Any) -> tuple[int, int]:
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", None) or 0
     hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", None) or 0
     return int(heads), int(hidden)
+
+
+def _prune(proto: Any, prune: Any) -> tuple[bool, str]:
+    """Prune a copy and adopt it only when the rewrite completed: a failure keeps the fused graph."""
+    import onnx
+
+    candidate = onnx.ModelProto()
+    candidate.CopyFrom(proto)
+    try:
+        done, note = prune(candidate)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - an unforeseen graph must not cost the fusions
+        log.warning("last-layer pruning failed (%s); keeping the fused graph as it is", first_line(err))
+        return False, f"pruning failed: {first_line(err)}"
+    if done:
+        proto.CopyFrom(candidate)
+    return done, note
 
 
 def optimize_graph(src: Path, dst: Path, *, model_type: str, config: Any, prune_last_layer: bool = True) -> dict[str, Any]:
@@ -58,10 +77,7 @@ def optimize_graph(src: Path, dst: Path, *, model_type: str, config: Any, prune_
             str(src), model_type=OPTIMIZER_MODEL_TYPE, num_heads=heads, hidden_size=hidden, opt_level=OPT_LEVEL, use_gpu=False
         )
         stats = {k: int(v) for k, v in (model.get_fused_operator_statistics() or {}).items() if v}
-        if prune_last_layer:
-            pruned, prune_note = prune(model.model)
-        else:
-            pruned, prune_note = False, "not requested (prune_last_layer=False)"
+        pruned, prune_note = _prune(model.model, prune) if prune_last_layer else (False, "not requested (prune_last_layer=False)")
         model.save_model_to_file(str(dst))
     except (KeyboardInterrupt, MemoryError, OSError):
         raise

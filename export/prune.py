@@ -5,8 +5,9 @@ pooler, ELECTRA's and RoBERTa/XLM-R's classification heads all take ``hidden[:, 
 of a transformer layer after its attention is position-wise, and the attention's output row 0
 needs only the query of row 0 (plus the keys and values of every row). So the last layer can
 project the query, run the output projection, both layer norms and the whole feed-forward block
-for one row per sequence instead of all of them: about 1/6 less arithmetic for a 6-layer model,
-with the same scores up to float rounding (the export validates every variant against PyTorch).
+for one row per sequence instead of all of them. Keys and values still cover every token, so for
+MiniLM-L6 the weight products per token drop from 10.6 M to 9.1 M multiply-adds (14%), with the
+same scores up to float rounding (the export validates every variant against PyTorch).
 
 :func:`prune_last_layer` rewrites a graph fused by onnxruntime's transformer optimizer when it
 has exactly this shape, and otherwise leaves the graph alone and says why:
@@ -15,18 +16,24 @@ has exactly this shape, and otherwise leaves the graph alone and says why:
 - between that Gather and the last fused ``Attention`` node there are only position-wise ops
   (:data:`ROW_WISE_OPS`, weight ``MatMul`` s, constant-operand arithmetic), fed by nothing but
   constants, that Attention's output and the Attention's own input (the residual);
-- the Attention is the plain BERT form: input, packed Q/K/V weights and bias, a padding mask from
-  the graph's ``attention_mask`` input, no past state, no rotary or unidirectional options.
+- the Attention is the plain BERT form: input, packed Q/K/V weights and bias, a padding mask
+  derived from the graph's ``attention_mask`` input (directly, through ``Cast``/``ReduceSum``, or
+  as ``EmbedLayerNormalization``'s mask index), a filter value of at most -10000, no past state,
+  no rotary or unidirectional options.
 
 The Attention is replaced by standard ONNX ops (so the graph stays valid for every execution
 provider and for the fp16 converter): the query projection of row 0, one packed key/value
 projection of all rows, ``softmax(q k^T * scale + mask) v`` per head for the one query row, where
-the mask adds -10000 at padded positions (exp underflows to exactly 0 in fp32, as with the fused
-kernel's filter value, and the constant stays finite in fp16). The residual input of the pruned
-region is sliced to row 0, so the Gather reads a ``[batch, 1, hidden]`` tensor.
+the mask adds -10000 at positions where ``attention_mask`` is 0 (exp of it underflows to exactly 0
+in fp32, as the fused kernel's filter value of -10000 or below does, and the constant stays finite in
+fp16). Like onnxruntime's mask index, which counts the valid tokens of each row, this assumes the
+padding is on the right, as the crossrank runtime pads. The residual input of the pruned region is
+sliced to row 0, so the Gather reads a ``[batch, 1, hidden]`` tensor. New nodes are placed in
+topological order (the original order is kept wherever it already was one).
 """
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 from typing import Any
 
@@ -122,6 +129,10 @@ def prune_last_layer(model: Any, *, mask_input: str = "attention_mask") -> tuple
         seen.add(id(node))
         if node.op_type not in ROW_WISE_OPS:
             return False, f"{node.op_type} node {node.name!r} between the last Attention and the head is not position-wise"
+        if node.op_type in ("LayerNormalization", "SimplifiedLayerNormalization"):
+            axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), -1)
+            if axis != -1:
+                return False, f"{node.op_type} node {node.name!r} normalizes over axis {axis}, not the last one"
         if node.op_type == "MatMul" and (node.input[1] not in inits or len(inits[node.input[1]].dims) != 2):
             return False, f"MatMul {node.name!r} in the last layer has a non-constant or non-2-D weight"
         for k, i in enumerate(node.input):
@@ -145,6 +156,10 @@ def prune_last_layer(model: Any, *, mask_input: str = "attention_mask") -> tuple
     ins = list(attention.input)
     if len(ins) > 4 or len(ins) < 3 or len(attention.output) != 1:
         return False, "the last Attention has past/extra inputs or outputs"
+    if len(ins) < 4 or not ins[3] or not _derives_from(ins[3], mask_input, producer):
+        return False, f"the last Attention's mask is not derived from the {mask_input!r} input"
+    if float(attrs.get("mask_filter_value", -10000.0)) > -MASK_BIAS:
+        return False, f"the last Attention's mask_filter_value {attrs['mask_filter_value']} is above -{MASK_BIAS:g}"
     w_name, b_name = ins[1], ins[2]
     w, b = const_value(w_name), const_value(b_name)
     heads = int(attrs.get("num_heads", 0))
@@ -191,6 +206,9 @@ def prune_last_layer(model: Any, *, mask_input: str = "attention_mask") -> tuple
         numpy_helper.from_array(np.array([1, 2], np.int64), name("mask_axes")),
     ]
     x_cls = name("x_cls")
+    taken = set(inits) | set(producer) | {i.name for i in g.input}
+    if any(t.name in taken for t in new_inits) or any(k.startswith(f"{p}/cls_only/") for k in taken):
+        return False, f"names under {p}/cls_only/ are already used in the graph"
     N = helper.make_node
     new_nodes = [
         N("Slice", [x, name("zero"), name("one"), name("one")], [x_cls], name=name("slice_row0")),
@@ -221,18 +239,66 @@ def prune_last_layer(model: Any, *, mask_input: str = "attention_mask") -> tuple
         for k, i in enumerate(n.input):
             if i == x:
                 n.input[k] = x_cls
-    # splice the new nodes in where the Attention was (its inputs are all defined before it)
+    # the new nodes where the Attention was, then a stable topological order (a region node that
+    # reads x may come before that position)
     nodes = list(g.node)
     pos = nodes.index(attention)
     nodes[pos:pos + 1] = new_nodes
     del g.node[:]
-    g.node.extend(nodes)
+    g.node.extend(_topological(nodes, {i.name for i in g.input} | set(inits) | {t.name for t in new_inits}))
     g.initializer.extend(new_inits)
+    # shapes recorded for the pruned tensors said [batch, sequence, ...]: no longer true
+    stale = region_outputs | {att_out}
+    kept_info = [v for v in g.value_info if v.name not in stale]
+    del g.value_info[:]
+    g.value_info.extend(kept_info)
     # drop the packed weights when nothing else reads them
     for nm in (w_name, b_name):
-        if nm in inits and not any(nm in n.input for n in g.node):
+        if nm in inits and nm not in graph_outputs and not any(nm in n.input for n in g.node):
             g.initializer.remove(inits[nm])
     return True, (
         f"last layer ({attention.name}) computed for position 0 only: {len(region)} position-wise nodes "
         f"on [batch, 1, {hidden}], attention for one query row over {heads} heads"
     )
+
+
+def _derives_from(name: str, source: str, producer: dict[str, Any]) -> bool:
+    """Whether tensor ``name`` is ``source`` itself, or made from it by Cast / ReduceSum or as
+    EmbedLayerNormalization's mask index (its output 1, from its mask input 7)."""
+    for _ in range(8):
+        if name == source:
+            return True
+        node = producer.get(name)
+        if node is None:
+            return False
+        if node.op_type in ("Cast", "ReduceSum") and node.input:
+            name = node.input[0]
+        elif node.op_type == "EmbedLayerNormalization" and len(node.output) > 1 and node.output[1] == name and len(node.input) > 7:
+            name = node.input[7]
+        else:
+            return False
+    return False
+
+
+def _topological(nodes: list[Any], available: set[str]) -> list[Any]:
+    """``nodes`` in a topological order that keeps their given order wherever it already is one."""
+    made_by = {o: k for k, n in enumerate(nodes) for o in n.output if o}
+    waiting = [0] * len(nodes)
+    users: dict[int, list[int]] = defaultdict(list)
+    for k, n in enumerate(nodes):
+        for i in {i for i in n.input if i and i not in available and i in made_by}:
+            waiting[k] += 1
+            users[made_by[i]].append(k)
+    ready = [k for k, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    out = []
+    while ready:
+        k = heapq.heappop(ready)
+        out.append(nodes[k])
+        for u in users[k]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(out) != len(nodes):
+        raise ValueError("the rewritten graph has a cycle")
+    return out

@@ -324,7 +324,8 @@ def test_last_layer_pruning_rewrites_only_what_it_can(exported) -> None:
         # a graph whose last hidden state is also an output keeps every position
         full = onnx.load(str(out / "model.opt.onnx"))
         inits = {i.name for i in full.graph.initializer}
-        gather = next(n for n in full.graph.node if n.op_type == "Gather" and n.input[0] not in inits)
+        gather = next(n for n in full.graph.node if n.op_type == "Gather" and n.input[0] not in inits
+                      and any(a.name == "axis" and a.i == 1 for a in n.attribute))
         full.graph.output.append(onnx.helper.make_tensor_value_info(gather.input[0], onnx.TensorProto.FLOAT, None))
         kept = full.SerializeToString()
         assert prune_last_layer(full) == (False, "the last hidden state has other readers than the head's [CLS] Gather")
@@ -337,5 +338,11 @@ def test_last_layer_pruning_rewrites_only_what_it_can(exported) -> None:
         last_norm.input[2] = "odd_gamma"
         done, note = prune_last_layer(odd)
         assert not done and "has a constant of shape [3," in note, note
+        # an Attention without a padding mask attends to padding: pruning (which masks it) refused
+        unmasked = onnx.load(str(out / "model.opt.onnx"))
+        last_attention = [n for n in unmasked.graph.node if n.op_type == "Attention"][-1]
+        del last_attention.input[3:]
+        done, note = prune_last_layer(unmasked)
+        assert not done and "mask is not derived from the 'attention_mask' input" in note, note
         return
     assert graph.SerializeToString() == before  # a refusal leaves the graph untouched
