@@ -51,4 +51,5 @@ def test_int8_speedup_over_peers(benchmark, systems, requests_for, bench_setting
         c.name: {"min": c.limit, "measured": round(c.measured, 2), "met": c.status == "met"}
         for c in result.checks if c.kind == "goal"
     }
+    assert result.ran, "none of the budgets file's speedup floors was measured (check SETTINGS.speedup_counts)"
     assert not result.failures, "speedup floors missed:\n" + "\n".join(c.line() for c in result.failures)
