@@ -54,8 +54,8 @@ Source graph
     (:mod:`crossrank.export.prune`), that layer has no ``Attention``: its query and packed
     key/value projections are plain weight MatMuls and are quantized like the others (one
     ``QAttention`` fewer, two ``MatMulIntegerToFloat`` more). The table above was measured
-    before that pruning (commit 45eef49); pruning made static int8 19% faster at 50 TREC DL
-    candidates (546 against 676 ms). Graphs the optimizer could not fuse attention in (DeBERTa-v2, ModernBERT,
+    before that pruning (commit 45eef49); pruning made static int8 1.24x faster at 50 TREC DL
+    candidates (546 against 676 ms, same batches). Graphs the optimizer could not fuse attention in (DeBERTa-v2, ModernBERT,
     or its basic-passes fallback) work too: their weight MatMuls are quantized the same way
     (``source_fused_ops`` and ``attention_quantized`` in the settings say what was there).
 
