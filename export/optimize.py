@@ -11,8 +11,8 @@ the runtime's session, so the file stays valid for CPU and CUDA alike.
 When attention was fused and the classification head reads only the first token, the last layer
 is then pruned to that token (:mod:`crossrank.export.prune`; 14% fewer weight multiply-adds for
 MiniLM-L6; on the real model at 50 TREC DL candidates, same batches: fp32 1,020 -> 906 ms, static
-int8 676 -> 546 ms, i.e. 1.13x and 1.24x);
-``last_layer_pruned`` in the settings says whether it was, and why not.
+int8 676 -> 546 ms, i.e. 1.13x and 1.24x). ``last_layer_pruned`` and ``last_layer_note`` in the
+settings say whether it was, and why not.
 """
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def optimize_graph(src: Path, dst: Path, *, model_type: str, config: Any, prune_
     settings["attention_fused"] = attention > 0
     settings["last_layer_pruned"] = pruned
     settings["last_layer_note"] = prune_note
-    log.info("optimized variant: last layer %s", prune_note if pruned else f"not pruned: {prune_note}")
+    log.info("optimized variant: %s", prune_note if pruned else f"last layer not pruned: {prune_note}")
     if not attention:
         settings["note"] = (
             f"onnxruntime's optimizer does not fuse {model_type} attention; "

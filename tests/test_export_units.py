@@ -244,3 +244,26 @@ def test_revision_for_a_local_folder_is_an_error(tmp_path: Path) -> None:
 
     with pytest.raises(InvalidInputError, match="revision='main' applies to hub ids only"):
         resolve_source(tmp_path, revision="main")
+
+
+def test_export_cli_passes_the_pruning_choice(monkeypatch, tmp_path: Path) -> None:
+    import crossrank.export as exporter
+    from crossrank.cli import main
+    from crossrank.errors import ExportError
+    from crossrank.export import export_model
+
+    seen: dict = {}
+
+    def fake_export(source, out, **kwargs):
+        seen.clear()
+        seen.update(kwargs)
+        raise ExportError("stopped by the test")
+
+    monkeypatch.setattr(exporter, "export_model", fake_export)
+    assert main(["export", str(tmp_path / "src"), str(tmp_path / "out"), "--no-prune-last-layer"]) == 1
+    assert seen["prune_last_layer"] is False
+    assert main(["export", str(tmp_path / "src"), str(tmp_path / "out")]) == 1
+    assert seen["prune_last_layer"] is True
+    monkeypatch.undo()
+    with pytest.raises(InvalidInputError, match="prune_last_layer must be True or False"):
+        export_model(tmp_path / "src", tmp_path / "out", prune_last_layer="no")
