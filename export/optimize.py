@@ -36,9 +36,11 @@ def _heads_and_hidden(config: Any) -> tuple[int, int]:
     return int(heads), int(hidden)
 
 
-def _prune(proto: Any, prune: Any) -> tuple[bool, str]:
+def _prune(proto: Any) -> tuple[bool, str]:
     """Prune a copy and adopt it only when the rewrite completed: a failure keeps the fused graph."""
     import onnx
+
+    from .prune import prune_last_layer as prune
 
     candidate = onnx.ModelProto()
     candidate.CopyFrom(proto)
@@ -60,7 +62,6 @@ def optimize_graph(src: Path, dst: Path, *, model_type: str, config: Any, prune_
     ``prune_last_layer`` computes the last layer for the [CLS] position only, where the graph
     allows it (see the module docstring).
     """
-    from .prune import prune_last_layer as prune
     from onnxruntime.transformers.optimizer import optimize_model
 
     heads, hidden = _heads_and_hidden(config)
@@ -77,7 +78,7 @@ def optimize_graph(src: Path, dst: Path, *, model_type: str, config: Any, prune_
             str(src), model_type=OPTIMIZER_MODEL_TYPE, num_heads=heads, hidden_size=hidden, opt_level=OPT_LEVEL, use_gpu=False
         )
         stats = {k: int(v) for k, v in (model.get_fused_operator_statistics() or {}).items() if v}
-        pruned, prune_note = _prune(model.model, prune) if prune_last_layer else (False, "not requested (prune_last_layer=False)")
+        pruned, prune_note = _prune(model.model) if prune_last_layer else (False, "not requested (prune_last_layer=False)")
         model.save_model_to_file(str(dst))
     except (KeyboardInterrupt, MemoryError, OSError):
         raise

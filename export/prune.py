@@ -72,6 +72,9 @@ def prune_last_layer(model: Any, *, mask_input: str = "attention_mask") -> tuple
                 consumers[i].append(n)
     graph_outputs = {o.name for o in g.output}
 
+    def is_const(name: str) -> bool:
+        return name in inits or name in const_nodes
+
     def const_value(name: str) -> np.ndarray | None:
         if name in inits:
             return numpy_helper.to_array(inits[name])
@@ -136,15 +139,15 @@ def prune_last_layer(model: Any, *, mask_input: str = "attention_mask") -> tuple
         if node.op_type == "MatMul" and (node.input[1] not in inits or len(inits[node.input[1]].dims) != 2):
             return False, f"MatMul {node.name!r} in the last layer has a non-constant or non-2-D weight"
         for k, i in enumerate(node.input):
-            value = const_value(i) if i else None
-            if value is None or (node.op_type == "MatMul" and k == 1):
+            if not i or not is_const(i) or (node.op_type == "MatMul" and k == 1):
                 continue
-            if value.ndim > 1 and any(d != 1 for d in value.shape[:-1]):
+            value = const_value(i)
+            if value is not None and value.ndim > 1 and any(d != 1 for d in value.shape[:-1]):
                 # e.g. a per-position constant: it would not broadcast over one row
                 return False, f"{node.op_type} node {node.name!r} in the last layer has a constant of shape {list(value.shape)}"
         region.append(node)
         for i in node.input:
-            if i and i not in (x, att_out) and const_value(i) is None and i in producer:
+            if i and i not in (x, att_out) and not is_const(i) and i in producer:
                 stack.append(producer[i])
     if not any(att_out in n.input for n in region):
         return False, "the last Attention's output does not reach the head through position-wise ops"
@@ -175,7 +178,7 @@ def prune_last_layer(model: Any, *, mask_input: str = "attention_mask") -> tuple
     region_outputs = {o for n in region for o in n.output}
     for n in region:
         for i in n.input:
-            if not i or i in region_outputs or i == att_out or i == x or const_value(i) is not None:
+            if not i or i in region_outputs or i == att_out or i == x or is_const(i):
                 continue
             return False, f"{n.op_type} node {n.name!r} in the last layer reads {i!r}, which is not per-position"
     for o in region_outputs | {att_out}:

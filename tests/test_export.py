@@ -293,9 +293,10 @@ def test_last_layer_pruning_rewrites_only_what_it_can(exported) -> None:
     """prune_last_layer on each case's optimized graph: exact where it applies, a reason where not."""
     import onnx
     import onnxruntime as ort
-    from tokenizers import Tokenizer
 
+    from crossrank.batching import Batch, pad_batch
     from crossrank.export.prune import prune_last_layer
+    from crossrank.tokenize import PairEncoder
 
     case, _, out, m = exported
     s = m.variants["optimized"].settings
@@ -308,19 +309,16 @@ def test_last_layer_pruning_rewrites_only_what_it_can(exported) -> None:
         assert not done and "no fused Attention" in note
     else:  # exported with prune_last_layer=False: prune now and compare on a padded batch
         assert done, note
-        tok = Tokenizer.from_file(str(out / "tokenizer.json"))
-        encs = [tok.encode(q, d) for q, d in PAIRS]
-        width = max(len(e.ids) for e in encs)
-        arrays = {
-            "input_ids": [e.ids + [m.tokenizer.pad_token_id] * (width - len(e.ids)) for e in encs],
-            "attention_mask": [[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in encs],
-            "token_type_ids": [e.type_ids + [0] * (width - len(e.ids)) for e in encs],
-        }
-        feed = {i.name: np.asarray(arrays[i.name], dtype=np.int64) for i in m.inputs}
+        # one padded batch of PAIRS, made as the runtime makes it
+        enc = PairEncoder(out / "tokenizer.json", max_length=m.max_length,
+                          num_special_tokens_pair=m.tokenizer.num_special_tokens_pair).encode(PAIRS)
+        batch = Batch(rows=np.arange(len(PAIRS)), padded_length=int(enc.lengths.max()))
+        feed = pad_batch(enc, batch, input_names=[i.name for i in m.inputs],
+                         input_dtypes=[np.int64] * len(m.inputs), pad_token_id=m.tokenizer.pad_token_id)
         full = ort.InferenceSession(before, providers=["CPUExecutionProvider"]).run(None, feed)[0]
         pruned = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
         assert np.abs(full - pruned).max() <= 1e-5
-        assert len({len(e.ids) for e in encs}) > 1  # the batch really had padding to mask
+        assert len(set(enc.lengths.tolist())) > 1  # the batch really had padding to mask
         # a graph whose last hidden state is also an output keeps every position
         full = onnx.load(str(out / "model.opt.onnx"))
         inits = {i.name for i in full.graph.initializer}
