@@ -16,7 +16,7 @@ import numpy as np
 from .errors import InvalidInputError
 from .tokenize import Encoded
 
-__all__ = ["Batch", "plan_batches", "pad_batch"]
+__all__ = ["Batch", "plan_batches", "pad_batch", "pad_rows"]
 
 
 @dataclass(frozen=True)
@@ -62,18 +62,38 @@ def pad_batch(
     pad_token_id: int,
 ) -> dict[str, np.ndarray]:
     """Padded inputs of one batch, only the declared ``input_names`` in their declared dtypes."""
-    b, width = batch.shape
+    return pad_rows([(enc, batch.rows)], input_names=input_names, input_dtypes=input_dtypes, pad_token_id=pad_token_id)
+
+
+def pad_rows(
+    parts: Sequence[tuple[Encoded, Sequence[int] | np.ndarray]],
+    *,
+    input_names: Sequence[str],
+    input_dtypes: Sequence[np.dtype],
+    pad_token_id: int,
+) -> dict[str, np.ndarray]:
+    """Padded inputs of rows drawn from one or more encodings, in the order given.
+
+    ``parts`` is ``[(encoded, rows), ...]``; the batch is ``sum(len(rows))`` pairs padded on the
+    right to the longest of them. :func:`pad_batch` (one request) and the cross-request scheduler
+    (pairs of several requests in one run) both build their feeds here, so every caller feeds the
+    graph the same way.
+    """
+    b = sum(len(rows) for _, rows in parts)
+    width = max((int(enc.offsets[r + 1] - enc.offsets[r]) for enc, rows in parts for r in rows), default=0)
     ids = np.full((b, width), pad_token_id, dtype=np.int64)
     mask = np.zeros((b, width), dtype=np.int64)
     want_types = "token_type_ids" in input_names
     types = np.zeros((b, width), dtype=np.int64) if want_types else None
-    for r, row in enumerate(batch.rows):
-        a, e = int(enc.offsets[row]), int(enc.offsets[row + 1])
-        n = e - a
-        ids[r, :n] = enc.ids[a:e]
-        mask[r, :n] = 1
-        if types is not None:
-            types[r, :n] = enc.type_ids[a:e]
+    out_row = 0
+    for enc, rows in parts:
+        for row in rows:
+            a, e = int(enc.offsets[row]), int(enc.offsets[row + 1])
+            n = e - a
+            ids[out_row, :n] = enc.ids[a:e]
+            mask[out_row, :n] = 1
+            if types is not None:
+                types[out_row, :n] = enc.type_ids[a:e]
+            out_row += 1
     arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
     return {name: np.ascontiguousarray(arrays[name], dtype=dt) for name, dt in zip(input_names, input_dtypes)}
-

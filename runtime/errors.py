@@ -13,6 +13,10 @@ boundary with ``raise ... from err``; the original stays available as ``__cause_
     │   └── VariantNotFoundError    the asked-for variant is not in the folder (also a ValueError)
     ├── ProviderError               the asked-for execution provider is not usable
     ├── InferenceError              onnxruntime failed while scoring
+    ├── SchedulerError              the cross-request scheduler could not serve a request
+    │   ├── QueueFullError          its queue is full: shed the request, retry after ``retry_after_s``
+    │   ├── RequestTimeoutError     not scored within the server-wide timeout (also a TimeoutError)
+    │   └── SchedulerClosedError    the scheduler is closed (shutting down)
     ├── InvalidInputError           bad argument to a public call (also a ValueError)
     ├── InputTypeError              argument of the wrong type, e.g. a non-str document (also a TypeError)
     ├── MissingDependencyError      an optional extra (export, bench, gpu) is not installed (also ImportError)
@@ -33,6 +37,10 @@ __all__ = [
     "VariantNotFoundError",
     "ProviderError",
     "InferenceError",
+    "SchedulerError",
+    "QueueFullError",
+    "RequestTimeoutError",
+    "SchedulerClosedError",
     "InvalidInputError",
     "InputTypeError",
     "MissingDependencyError",
@@ -78,6 +86,30 @@ class ProviderError(CrossrankError):
 
 class InferenceError(CrossrankError):
     """onnxruntime failed while scoring a batch."""
+
+
+class SchedulerError(CrossrankError):
+    """Base of the cross-request scheduler's failures (:mod:`crossrank.scheduler`)."""
+
+
+class QueueFullError(SchedulerError):
+    """The scheduler's queue holds its maximum of pairs: the request is shed, not queued.
+
+    ``retry_after_s`` estimates when the queue will have drained (seconds, >= 1), from the
+    scheduler's measured cost per padded token; a service sends it as ``Retry-After``.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = float(retry_after_s)
+
+
+class RequestTimeoutError(SchedulerError, TimeoutError):
+    """A request without a deadline was not fully scored within the scheduler's timeout."""
+
+
+class SchedulerClosedError(SchedulerError):
+    """The scheduler was closed before (or while) the request could be served."""
 
 
 class InvalidInputError(CrossrankError, ValueError):

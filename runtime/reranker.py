@@ -73,6 +73,7 @@ class Result:
     score: float
     document: str
     truncated: bool = False  # the pair was longer than max_length and the document was cut
+    scored: bool = True  # False: left unscored by a deadline (score is NaN, ranked after every scored one)
 
 
 @dataclass(frozen=True)
