@@ -3,6 +3,7 @@
     crossrank export SOURCE OUT [...]   crossrank.export.cli   (needs crossrank[export])
     crossrank info DIR [--json]         crossrank.info_cli
     crossrank rerank DIR --query ...    crossrank.rerank_cli
+    crossrank serve DIR [--port 8080]   crossrank.serve.cli    (needs crossrank[serve])
     crossrank bench DIR [...]           crossrank.bench.cli    (needs crossrank[bench])
 
 Each subcommand module exposes ``register(subparsers)`` which adds its parser and sets
@@ -26,6 +27,7 @@ _SUBCOMMAND_MODULES = (
     "crossrank.export.cli",
     "crossrank.info_cli",
     "crossrank.rerank_cli",
+    "crossrank.serve.cli",
     "crossrank.bench.cli",
 )
 
