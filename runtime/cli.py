@@ -9,7 +9,8 @@
 Each subcommand module exposes ``register(subparsers)`` which adds its parser and sets
 ``func(args) -> int``. Registering must stay cheap: heavy imports (torch, optimum) happen only
 inside ``func``. Every failure ends in one line on stderr and a non-zero exit code; ``--debug``
-shows the traceback.
+shows the traceback. Everything a command prints goes through :mod:`crossrank.textio`, so no text
+(a lone surrogate, a non-UTF-8 file name) can turn a finished command into a crash.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Callable, Sequence
 
 from ._version import __version__
 from .errors import CrossrankError
+from .textio import write_text
 
 # (module, subcommand names it registers) in the order `--help` lists them.
 _SUBCOMMAND_MODULES = (
@@ -96,28 +98,31 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("crossrank: interrupted", file=sys.stderr)
+        _say("crossrank: interrupted")
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `crossrank rerank ... | head`
         return 0
     except CrossrankError as err:
         if args.debug:
             raise
-        print(f"crossrank {args.command}: error: {err}", file=sys.stderr)
+        _say(f"crossrank {args.command}: error: {err}")
         return EXIT_ERROR
     except OSError as err:  # disk full, permission denied...
         if args.debug:
             raise
-        print(f"crossrank {args.command}: error: {err.strerror or err} ({getattr(err, 'filename', '') or ''})", file=sys.stderr)
+        _say(f"crossrank {args.command}: error: {err.strerror or err} ({getattr(err, 'filename', '') or ''})")
         return EXIT_ERROR
     except Exception as err:  # noqa: BLE001 - last resort: one line, never a bare traceback
         if args.debug:
             raise
-        print(
-            f"crossrank {args.command}: unexpected error: {type(err).__name__}: {err} (rerun with --debug for the traceback)",
-            file=sys.stderr,
-        )
+        _say(f"crossrank {args.command}: unexpected error: {type(err).__name__}: {err} (rerun with --debug for the traceback)")
         return EXIT_ERROR
+
+
+def _say(line: str) -> None:
+    """One line on stderr, whatever text it holds."""
+    write_text(line + "\n", sys.stderr)
+    sys.stderr.flush()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,6 +2,8 @@
 
 Lean on purpose: only the manifest module and the standard library (no onnxruntime session, no
 hashing), so it answers instantly even for large folders. ``--json`` prints the manifest itself.
+Output goes through :mod:`crossrank.textio`: any text the manifest or the folder's path holds
+(a ``"\ud800"`` escape, a non-UTF-8 file name) is printed, as U+FFFD where UTF-8 cannot carry it.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .manifest import MANIFEST_NAME, Manifest, VariantSpec, load_manifest
+from .textio import dumps, write_text
 
 __all__ = ["register", "format_summary", "human_bytes"]
 
@@ -33,9 +36,9 @@ def _run(args: argparse.Namespace) -> int:
     manifest = load_manifest(folder)  # validates; raises ModelFolderError/ManifestError with one line
     if args.json:
         raw = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
-        sys.stdout.write(json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
+        write_text(dumps(raw, indent=2) + "\n", sys.stdout)
     else:
-        sys.stdout.write(format_summary(manifest, folder) + "\n")
+        write_text(format_summary(manifest, folder) + "\n", sys.stdout)
     return 0
 
 

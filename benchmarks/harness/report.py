@@ -1,11 +1,12 @@
 """Readable outputs of a run: ``table.md``, ``results.json`` (every figure + machine) and ``latency.png``."""
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
+
+from crossrank.textio import dumps, scrub_all
 
 from .machine import isa_summary
 from .systems import REFERENCE
@@ -222,7 +223,8 @@ def write_outputs(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"table": out / "table.md", "json": out / "results.json", "plot": out / "latency.png"}
-    _atomic_write(paths["json"], json.dumps(results, indent=2, sort_keys=False) + "\n")
+    results = scrub_all(results)  # any str (a model path, a label) is written: crossrank.textio's rule
+    _atomic_write(paths["json"], dumps(results, indent=2, sort_keys=False) + "\n")
     _atomic_write(paths["table"], markdown(results))
     if plot_latency(results, paths["plot"]) is None:
         paths.pop("plot")
