@@ -8,6 +8,9 @@ Provider choice (``provider=``):
 * ``"auto"`` - CUDA when onnxruntime offers it and the session really gets it, else CPU, saying so
   in the log.
 
+Option names (``provider``, ``variant``, ``graph_optimization``) follow :mod:`crossrank.choices`:
+any case, surrounding whitespace ignored (``"CPU"``, ``" Auto "``, ``"INT8"``).
+
 Variant choice (``variant="auto"``): ``int8`` on CPU; ``fp16``, else ``optimized``, else ``fp32`` on
 CUDA; on either, the first of those the folder has when the preferred one is missing.
 
@@ -24,6 +27,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .choices import canonical_choice, normalize
 from .errors import InferenceError, InvalidInputError, ModelFolderError, ProviderError, VariantNotFoundError
 from .manifest import MANIFEST_NAME, Manifest
 
@@ -60,10 +64,8 @@ def available_providers() -> list[str]:
 
 
 def resolve_provider(provider: str) -> str:
-    """``"auto"``/``"cpu"``/``"cuda"`` -> the provider to try first (``"cpu"`` or ``"cuda"``)."""
-    if not isinstance(provider, str) or provider.lower() not in PROVIDERS:
-        raise InvalidInputError(f"provider must be one of {', '.join(PROVIDERS)}; got {provider!r}")
-    provider = provider.lower()
+    """``"auto"``/``"cpu"``/``"cuda"`` (any case) -> the provider to try first (``"cpu"`` or ``"cuda"``)."""
+    provider = canonical_choice(provider, PROVIDERS, what="provider")
     has_cuda = _ORT_PROVIDER["cuda"] in available_providers()
     if provider == "cuda" and not has_cuda:
         raise ProviderError(
@@ -78,15 +80,18 @@ def resolve_provider(provider: str) -> str:
 
 
 def choose_variant(manifest: Manifest, variant: str, provider: str) -> str:
-    """The variant name to load: ``variant`` itself when the folder has it, or the auto choice."""
+    """The variant name to load: the folder's variant that ``variant`` names (any case, surrounding
+    whitespace ignored), or the auto choice for ``"auto"``."""
     have = list(manifest.variants)
     if not isinstance(variant, str):
         raise InvalidInputError(f"variant must be a string such as 'auto' or one of {have}; got {variant!r}")
-    if variant != "auto":
-        if variant not in manifest.variants:
-            hint = f" (re-export with --{variant} to add it)" if variant in ("int8", "fp16") else ""
-            raise VariantNotFoundError(f"variant {variant!r} is not in this model folder; it has {', '.join(have)}{hint}")
-        return variant
+    key = normalize(variant)
+    if key != "auto":
+        for name in have:
+            if normalize(name) == key:
+                return name
+        hint = f" (re-export with --{key} to add it)" if key in ("int8", "fp16") else ""
+        raise VariantNotFoundError(f"variant {variant!r} is not in this model folder; it has {', '.join(have)} (any case){hint}")
     for name in AUTO_VARIANTS[provider]:
         if name in manifest.variants:
             return name
@@ -108,14 +113,18 @@ class SessionOptions:
     device_id: int = 0
     cache_dir: Path | None = None  # optimized-graph cache (CPU only); None = off
 
+    def __post_init__(self) -> None:
+        # One spelling rule (crossrank.choices): "ALL", " basic " name the canonical level.
+        if isinstance(self.graph_optimization, str):
+            key = normalize(self.graph_optimization)
+            if key in GRAPH_OPTIMIZATION_LEVELS:
+                object.__setattr__(self, "graph_optimization", key)
+
     def check(self) -> None:
         t = self.threads
         if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
             raise InvalidInputError(f"threads must be None (onnxruntime's default: one per physical core) or an int >= 1; got {t!r}")
-        if self.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
-            raise InvalidInputError(
-                f"graph_optimization must be one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}; got {self.graph_optimization!r}"
-            )
+        canonical_choice(self.graph_optimization, GRAPH_OPTIMIZATION_LEVELS, what="graph_optimization")
         for name in ("spinning", "memory_arena"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidInputError(f"{name} must be True or False; got {getattr(self, name)!r}")
