@@ -22,7 +22,8 @@ from .activation import apply_activation
 from .batching import plan_batches, pad_batch
 from .errors import InputTypeError, InvalidInputError, ModelFolderError
 from .manifest import Manifest, load_manifest, verify_file
-from .session import OnnxSession, SessionOptions, _FellBack, choose_variant, resolve_provider
+from .choices import canonical_choice
+from .session import PROVIDERS, OnnxSession, SessionOptions, _FellBack, choose_variant, resolve_provider
 from .tokenize import PairEncoder
 
 __all__ = ["Reranker", "Result", "ScoreInfo", "DEFAULT_BATCHING", "DYNAMIC_INT8_MAX_BATCH_SIZE"]
@@ -72,17 +73,27 @@ class Result:
     index: int
     score: float
     document: str
-    truncated: bool = False  # the pair was longer than max_length and the document was cut
+    truncated: bool = False  # the pair lost tokens: its query, its document or both were cut (below)
     scored: bool = True  # False: left unscored by a deadline (score is NaN, ranked after every scored one)
+    query_cut: bool = False  # the query lost tokens (the pair overflowed max_length)
+    doc_cut: bool = False  # the document lost tokens
 
 
 @dataclass(frozen=True)
 class ScoreInfo:
     """What happened to the pairs of one call (returned by ``score(..., return_info=True)``)."""
 
-    truncated: np.ndarray  # bool per pair, input order: the document lost tokens
-    query_truncated: int  # distinct queries cut to max_query_tokens
+    truncated: np.ndarray  # bool per pair, input order: the query or the document lost tokens
+    query_truncated: int  # distinct queries that lost tokens in at least one pair
     batch_shapes: tuple[tuple[int, int], ...]  # (batch size, padded length) of each ORT run, in run order
+    query_cut: np.ndarray | None = None  # bool per pair, input order: the query lost tokens
+    doc_cut: np.ndarray | None = None  # bool per pair, input order: the document lost tokens
+
+    def __post_init__(self) -> None:
+        if self.query_cut is None:
+            object.__setattr__(self, "query_cut", np.zeros(len(self.truncated), dtype=bool))
+        if self.doc_cut is None:
+            object.__setattr__(self, "doc_cut", np.asarray(self.truncated, dtype=bool).copy())
 
     @property
     def num_truncated(self) -> int:
@@ -138,6 +149,9 @@ class Reranker:
     ) -> "Reranker":
         """Load a model folder written by ``crossrank export``.
 
+        Enumerated options (``variant``, ``provider``, ``graph_optimization``) are matched in any
+        case with surrounding whitespace ignored (:mod:`crossrank.choices`).
+
         Args:
             path: the model folder (holding ``crossrank.json``).
             variant: ``"auto"`` (int8 on CPU; fp16, else optimized, else fp32 on CUDA) or a
@@ -148,9 +162,11 @@ class Reranker:
                 physical core). Give 1-2 per Reranker when a service runs several.
             max_length: tokens per pair, special tokens included; at most (and by default) the
                 manifest's ``max_length``.
-            max_query_tokens: tokens a query may use before it is cut (with a warning); default
-                half of what ``max_length`` leaves after special tokens, so a document always keeps
-                at least the other half.
+            max_query_tokens: how much of the budget a long query may take from the document
+                when a pair overflows ``max_length``: the query then keeps max(this, what the
+                document leaves) tokens (cut with a warning). A pair that fits is never cut.
+                Default half of what ``max_length`` leaves after special tokens, so a document
+                always keeps at least the other half.
             batch_tokens: padded-token budget of one onnxruntime run (batch size x padded
                 length); bounds peak memory whatever the candidate count. Default
                 ``DEFAULT_BATCHING[provider][0]`` (512 on CPU, measured; 32768 on CUDA).
@@ -210,7 +226,7 @@ class Reranker:
                 _check_positive_int(name, value)
 
         first = resolve_provider(provider)
-        strict = provider != "auto"
+        strict = canonical_choice(provider, PROVIDERS, what="provider") != "auto"
         chosen = choose_variant(manifest, variant, first)
         tok_path = _check_file(folder, manifest.tokenizer.file, manifest.tokenizer.sha256, verify)
         encoder = PairEncoder(
@@ -311,7 +327,7 @@ class Reranker:
         docs = _check_documents(documents)
         k = _check_top_k(top_k)
         scores, info = self._score_pairs([(query, d) for d in docs], raw=_check_flag("raw", raw))
-        return _rank(docs, scores, info.truncated, k)
+        return _rank(docs, scores, info, k)
 
     def rerank_many(
         self, requests: Iterable[tuple[str, Iterable[str]]], *, top_k: int | None = None, raw: bool = False
@@ -333,7 +349,7 @@ class Reranker:
         start = 0
         for _, docs in items:
             end = start + len(docs)
-            out.append(_rank(docs, scores[start:end], info.truncated[start:end], k))
+            out.append(_rank(docs, scores[start:end], info, k, offset=start))
             start = end
         return out
 
@@ -351,9 +367,18 @@ class Reranker:
             scores = np.ascontiguousarray(logits[:, m.positive_label], dtype=np.float32)
         else:
             scores = apply_activation(logits, m.activation, m.positive_label)
-        info = ScoreInfo(truncated=enc.truncated, query_truncated=enc.query_truncated, batch_shapes=tuple(b.shape for b in batches))
+        info = ScoreInfo(
+            truncated=enc.truncated,
+            query_truncated=enc.query_truncated,
+            batch_shapes=tuple(b.shape for b in batches),
+            query_cut=enc.query_cut,
+            doc_cut=enc.doc_cut,
+        )
         if info.num_truncated:
-            log.info("%d of %d pairs were longer than max_length=%d tokens: their documents were truncated", info.num_truncated, len(pairs), self.max_length)
+            log.info(
+                "%d of %d pairs were longer than max_length=%d tokens and were truncated (%d documents, %d queries cut)",
+                info.num_truncated, len(pairs), self.max_length, int(np.sum(info.doc_cut)), int(np.sum(info.query_cut)),
+            )
         return scores, info
 
 
@@ -435,9 +460,21 @@ def _check_top_k(top_k: Any) -> int | None:
     return int(top_k)
 
 
-def _rank(docs: Sequence[str], scores: np.ndarray, truncated: np.ndarray, k: int | None) -> list[Result]:
+def _rank(docs: Sequence[str], scores: np.ndarray, info: ScoreInfo, k: int | None, *, offset: int = 0) -> list[Result]:
     # Best first; equal scores keep input order (lexsort: last key is primary).
     order = np.lexsort((np.arange(len(docs)), -scores.astype(np.float64)))
     if k is not None:
         order = order[:k]
-    return [Result(index=int(i), score=float(scores[i]), document=docs[i], truncated=bool(truncated[i])) for i in order]
+    qcut, dcut = info.query_cut, info.doc_cut
+    assert qcut is not None and dcut is not None  # filled by ScoreInfo.__post_init__
+    return [
+        Result(
+            index=int(i),
+            score=float(scores[i]),
+            document=docs[i],
+            truncated=bool(qcut[offset + i] or dcut[offset + i]),
+            query_cut=bool(qcut[offset + i]),
+            doc_cut=bool(dcut[offset + i]),
+        )
+        for i in order
+    ]
