@@ -6,8 +6,17 @@ Documents, one of two formats (``--format auto`` sniffs the first non-blank line
 * ``jsonl``: one JSON value per line, an object holding the text in ``--text-field`` (default
   ``text``) or a JSON string; blank lines are skipped.
 
+Input bytes, the same rules for a file and for stdin: the input must be UTF-8. A UTF-8 byte-order
+mark at its start is dropped (so BOM-prefixed JSONL is still JSONL). Invalid UTF-8 is refused
+with an error naming the line, the byte offset and the byte, and nothing is scored (no silent
+U+FFFD). Lines end at ``\n`` (a ``\r`` before it is dropped).
+
 ``index`` in the output is the document's position among the documents read (0-based); one JSON
-object per line is written, best first: ``{"rank", "index", "score", "text"}``.
+object per line is written, best first:
+``{"rank", "index", "score", "text", "truncated", "query_cut", "doc_cut"}`` where ``truncated``
+says the pair lost tokens to ``max_length``, ``query_cut`` / ``doc_cut`` which part lost them.
+Output is UTF-8 JSON; text the input held that UTF-8 cannot carry (a lone surrogate from a
+``"\ud800"`` escape) is written as U+FFFD (:mod:`crossrank.textio`), so everything scored is printed.
 """
 from __future__ import annotations
 
@@ -17,11 +26,14 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, TextIO
 
+from .choices import canonical_choice, cli_choice
 from .errors import InvalidInputError
+from .textio import dumps, write_text
 
 __all__ = ["register", "read_documents"]
 
 FORMATS = ("auto", "lines", "jsonl")
+PROVIDERS = ("auto", "cpu", "cuda")  # crossrank.session.PROVIDERS, without importing numpy to register
 
 
 def register(subparsers: Any) -> None:
@@ -35,11 +47,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("folder", metavar="DIR", help="a model folder written by `crossrank export`")
     p.add_argument("--query", "-q", required=True, metavar="Q", help="the query")
     p.add_argument("--docs", metavar="FILE", help="documents file; '-' or omitted with piped stdin reads stdin")
-    p.add_argument("--format", choices=FORMATS, default="auto", help="documents format (default: auto-detect)")
+    p.add_argument("--format", type=cli_choice(FORMATS, what="format"), default="auto", metavar="{auto,lines,jsonl}",
+                   help="documents format (default: auto-detect)")
     p.add_argument("--text-field", metavar="F", default="text", help="JSONL field holding the text (default: text)")
     p.add_argument("--top-k", metavar="K", type=int, help="print only the K best documents")
     p.add_argument("--variant", metavar="V", default="auto", help="model variant (default: auto = int8 on CPU, fp16 on CUDA)")
-    p.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto", help="execution provider (default: auto)")
+    p.add_argument("--provider", type=cli_choice(PROVIDERS, what="provider"), default="auto", metavar="{auto,cpu,cuda}",
+                   help="execution provider (default: auto; any case)")
     p.add_argument("--threads", metavar="N", type=int, help="onnxruntime intra-op threads (default: one per core)")
     p.add_argument("--max-length", metavar="N", type=int, help="tokens per pair (default and maximum: the folder's)")
     p.add_argument("--raw", action="store_true", help="print (and rank by) raw logits instead of activated scores")
@@ -53,7 +67,9 @@ def _run(args: argparse.Namespace) -> int:
             raise InvalidInputError("no documents: give --docs FILE, or pipe them on stdin (--docs -)")
         source = "-"
     if source == "-":
-        docs = read_documents(sys.stdin, fmt=args.format, text_field=args.text_field, name="<stdin>")
+        # The bytes, not the locale's decoding: stdin follows the same UTF-8 rules as a file.
+        stream = getattr(sys.stdin, "buffer", sys.stdin)
+        docs = read_documents(stream, fmt=args.format, text_field=args.text_field, name="<stdin>")
     else:
         path = Path(source)
         if not path.is_file():
@@ -61,7 +77,7 @@ def _run(args: argparse.Namespace) -> int:
         fmt = args.format
         if fmt == "auto" and path.suffix.lower() in (".jsonl", ".ndjson"):
             fmt = "jsonl"
-        with open(path, encoding="utf-8", errors="strict") as f:
+        with open(path, "rb") as f:
             docs = read_documents(f, fmt=fmt, text_field=args.text_field, name=str(path))
 
     from .reranker import Reranker  # noqa: PLC0415 - onnxruntime loads only when the command runs
@@ -72,18 +88,59 @@ def _run(args: argparse.Namespace) -> int:
     results = rr.rerank(args.query, docs, top_k=args.top_k, raw=args.raw)
     out = sys.stdout
     for rank, r in enumerate(results, start=1):
-        out.write(json.dumps({"rank": rank, "index": r.index, "score": r.score, "text": r.document}, ensure_ascii=False) + "\n")
+        row = {
+            "rank": rank,
+            "index": r.index,
+            "score": r.score,
+            "text": r.document,
+            "truncated": r.truncated,
+            "query_cut": r.query_cut,
+            "doc_cut": r.doc_cut,
+        }
+        write_text(dumps(row) + "\n", out)
     out.flush()
     return 0
 
 
-def read_documents(stream: TextIO | Iterable[str], *, fmt: str = "auto", text_field: str = "text", name: str = "documents") -> list[str]:
-    """Read documents from text lines (see the module docstring); errors name the line."""
-    if fmt not in FORMATS:
-        raise InvalidInputError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
-    docs: list[str] = []
+def _decode(line: str | bytes, lineno: int, offset: int, name: str) -> str:
+    """One input line as text: bytes are strict UTF-8, the first line loses a UTF-8 BOM."""
+    if isinstance(line, str):
+        return line[1:] if lineno == 1 and line.startswith("\ufeff") else line
+    if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):
+        line = line[3:]
+        offset += 3
     try:
-        for lineno, line in enumerate(stream, start=1):
+        return line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        bad = line[err.start : err.start + 1].hex()
+        hint = ""
+        if lineno == 1 and err.start == 0 and line[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            hint = " (it starts with a UTF-16 byte-order mark: convert it to UTF-8, e.g. with iconv)"
+        raise InvalidInputError(
+            f"{name} line {lineno}: not UTF-8 text: byte 0x{bad} at byte offset {offset + err.start} "
+            f"(byte {err.start + 1} of the line): {err.reason}{hint}; the input must be UTF-8"
+        ) from err
+
+
+def read_documents(
+    stream: TextIO | Iterable[str] | Iterable[bytes], *, fmt: str = "auto", text_field: str = "text", name: str = "documents"
+) -> list[str]:
+    """Read documents from lines of bytes (a binary file, ``sys.stdin.buffer``) or of text.
+
+    See the module docstring for the formats and the input rules. Byte lines are decoded as
+    strict UTF-8; a UTF-8 BOM at the start of the input is dropped (for text lines too).
+
+    Raises:
+        InvalidInputError: invalid UTF-8 (naming the line, byte offset and byte), a line that is
+            not the JSON the format needs, or a missing/non-string text field (naming the line).
+    """
+    fmt = canonical_choice(fmt, FORMATS, what="format")
+    docs: list[str] = []
+    offset = 0
+    try:
+        for lineno, raw in enumerate(stream, start=1):
+            line = _decode(raw, lineno, offset, name)
+            offset += len(raw)
             text = line.rstrip("\r\n")
             if not text.strip():
                 continue
