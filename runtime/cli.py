@@ -21,6 +21,7 @@ import sys
 from typing import Callable, Sequence
 
 from ._version import __version__
+from .choices import cli_choice
 from .errors import CrossrankError
 from .textio import write_text
 
@@ -54,7 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
             logging.getLogger("crossrank").debug("subcommand module %s unavailable: %s", modname, err)
             continue
         module.register(sub)
+    _apply_choice_rule(parser)
     return parser
+
+
+def _apply_choice_rule(parser: argparse.ArgumentParser) -> None:
+    """Give every string ``choices=`` option of every subcommand crossrank's one spelling rule
+    (any case, surrounding whitespace ignored; :mod:`crossrank.choices`), so that subcommand
+    modules need not remember it. Options that already have a ``type=`` are left as they are."""
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public walk over its actions
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                _apply_choice_rule(sub)
+        elif action.choices is not None and action.type is None and all(isinstance(c, str) for c in action.choices):
+            action.type = cli_choice(action.choices, what=action.dest)
 
 
 def _configure_logging(debug: bool, quiet: bool) -> Callable[[], None]:

@@ -387,3 +387,18 @@ def test_cli_choices_follow_the_same_rule(tiny_bert_folder: Path, monkeypatch, c
     assert read_documents(['"a"\n'], fmt="Lines") == ['"a"']
     with pytest.raises(SystemExit):
         _cli(["rerank", str(tiny_bert_folder), "-q", "x", "--provider", "tpu"], monkeypatch, capsysbinary, stdin=b"a\n")
+
+
+def test_every_subcommand_choice_follows_the_rule() -> None:
+    """The dispatcher gives every string ``choices=`` option (export, bench, rerank) the rule."""
+    from crossrank.cli import build_parser
+
+    p = build_parser()
+    args = p.parse_args(["export", "src", "out", "--int8-scheme", " STATIC ", "--activation", "Sigmoid"])
+    assert (args.int8_scheme, args.activation) == ("static", "sigmoid")
+    args = p.parse_args(["bench", "dir", "--provider", "CPU", "--dataset", "SciFact"])
+    assert (args.provider, args.dataset) == ("cpu", "scifact")
+    args = p.parse_args(["rerank", "dir", "-q", "x", "--provider", "Cuda", "--format", "LINES"])
+    assert (args.provider, args.format) == ("cuda", "lines")
+    with pytest.raises(SystemExit):
+        p.parse_args(["bench", "dir", "--provider", "tpu"])
