@@ -3,7 +3,7 @@
 Lean on purpose: only the manifest module and the standard library (no onnxruntime session, no
 hashing), so it answers instantly even for large folders. ``--json`` prints the manifest itself.
 Output goes through :mod:`crossrank.textio`: any text the manifest or the folder's path holds
-(a ``"\ud800"`` escape, a non-UTF-8 file name) is printed, as U+FFFD where UTF-8 cannot carry it.
+(a ``"\\ud800"`` escape, a non-UTF-8 file name) is printed, as U+FFFD where UTF-8 cannot carry it.
 """
 from __future__ import annotations
 

@@ -9,14 +9,14 @@ Documents, one of two formats (``--format auto`` sniffs the first non-blank line
 Input bytes, the same rules for a file and for stdin: the input must be UTF-8. A UTF-8 byte-order
 mark at its start is dropped (so BOM-prefixed JSONL is still JSONL). Invalid UTF-8 is refused
 with an error naming the line, the byte offset and the byte, and nothing is scored (no silent
-U+FFFD). Lines end at ``\n`` (a ``\r`` before it is dropped).
+U+FFFD). Lines end at ``\\n``, ``\\r\\n`` or a lone ``\\r``, as in text mode.
 
 ``index`` in the output is the document's position among the documents read (0-based); one JSON
 object per line is written, best first:
 ``{"rank", "index", "score", "text", "truncated", "query_cut", "doc_cut"}`` where ``truncated``
 says the pair lost tokens to ``max_length``, ``query_cut`` / ``doc_cut`` which part lost them.
 Output is UTF-8 JSON; text the input held that UTF-8 cannot carry (a lone surrogate from a
-``"\ud800"`` escape) is written as U+FFFD (:mod:`crossrank.textio`), so everything scored is printed.
+``"\\ud800"`` escape) is written as U+FFFD (:mod:`crossrank.textio`), so everything scored is printed.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Iterable, TextIO
+from typing import Any, Iterable, Iterator, TextIO
 
 from .choices import canonical_choice, cli_choice
 from .errors import InvalidInputError
@@ -122,6 +122,15 @@ def _decode(line: str | bytes, lineno: int, offset: int, name: str) -> str:
         ) from err
 
 
+def _lines(stream: Iterable[str] | Iterable[bytes]) -> Iterator[str | bytes]:
+    """Lines as text mode's universal newlines cut them (\\n, \\r\\n or a lone \\r), also for bytes."""
+    for chunk in stream:
+        if isinstance(chunk, bytes) and b"\r" in chunk:
+            yield from chunk.splitlines(keepends=True)  # bytes: only \r, \n and \r\n end a line
+        else:
+            yield chunk
+
+
 def read_documents(
     stream: TextIO | Iterable[str] | Iterable[bytes], *, fmt: str = "auto", text_field: str = "text", name: str = "documents"
 ) -> list[str]:
@@ -138,7 +147,7 @@ def read_documents(
     docs: list[str] = []
     offset = 0
     try:
-        for lineno, raw in enumerate(stream, start=1):
+        for lineno, raw in enumerate(_lines(stream), start=1):
             line = _decode(raw, lineno, offset, name)
             offset += len(raw)
             text = line.rstrip("\r\n")

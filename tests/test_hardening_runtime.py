@@ -108,6 +108,20 @@ def test_bench_outputs_write_any_str(tmp_path: Path) -> None:
     assert json.loads(paths["json"].read_bytes().decode("utf-8"))["model_dir"] == "/models/caf\ufffd"
 
 
+def test_runtime_docstrings_are_utf8() -> None:
+    """help() prints them: a stray "\\ud800" in a docstring would be the fault itself."""
+    import importlib
+    import pkgutil
+
+    import crossrank
+
+    for mod in pkgutil.iter_modules(crossrank.__path__):
+        if mod.name in ("export", "bench"):
+            continue
+        doc = importlib.import_module(f"crossrank.{mod.name}").__doc__ or ""
+        doc.encode("utf-8")
+
+
 def test_textio_never_fails_on_content() -> None:
     from crossrank.textio import dumps, scrub, write_text
 
@@ -162,6 +176,7 @@ def test_read_documents_drops_a_bom_from_text_lines_too() -> None:
 
     assert read_documents(["\ufeff{\"text\": \"a\"}\n", "{\"text\": \"b\"}\n"]) == ["a", "b"]
     assert read_documents([b"\xef\xbb\xbf\"a\"\n"]) == ["a"]
+    assert read_documents([b"a\rb\r\n", b"c\n"]) == ["a", "b", "c"]  # line ends as in text mode
     with pytest.raises(InvalidInputError, match=r"line 1.*byte offset 3"):
         read_documents([b"\xef\xbb\xbf\xc3(\n"])
 
