@@ -336,6 +336,56 @@ def test_an_overflowing_query_is_cut_only_as_far_as_needed(tiny_bert_folder: Pat
     assert r.truncated and r.query_cut and not r.doc_cut
 
 
+@pytest.mark.parametrize("family", ["bert", "xlm-roberta", "deberta-v2", "modernbert"])
+def test_cuts_match_tokenizers_own_truncation_for_every_family(family: str, tmp_path: Path) -> None:
+    """Each family's pair template (XLM-R's double separator, DeBERTa's type ids, byte-level BPE):
+    a pair that fits is the tokenizer's own encoding; an overflowing one is what `tokenizers`
+    truncation makes of it (only_first when the document is short, each part cut when both are
+    long)."""
+    import tiny_models as T
+
+    make = {
+        "bert": lambda: T._bert_tokenizer(tmp_path, model_max_length=None),
+        "xlm-roberta": lambda: T._xlmr_tokenizer(None),
+        "deberta-v2": lambda: T._deberta_tokenizer(None),
+        "modernbert": lambda: T._modernbert_tokenizer(None),
+    }[family]
+    tok = make().backend_tokenizer
+    tok.no_truncation()
+    tok.no_padding()
+    path = tmp_path / "tokenizer.json"
+    tok.save(str(path))
+    from crossrank.tokenize import PairEncoder
+
+    specials = tok.num_special_tokens_to_add(True)
+    enc = PairEncoder(path, max_length=64, num_special_tokens_pair=specials)
+    room = 64 - specials
+    mqt = enc.max_query_tokens
+    q_long = "export data settings page " * 12
+    pairs = [
+        ("how do i export my data", "you can export data as csv"),  # fits
+        (q_long, "csv"),  # query over max_query_tokens, fits or overflows a little
+        (q_long, "billing invoice account " * 30),  # both long
+        ("export", "billing invoice account " * 30),  # document long
+        ("", ""),
+    ]
+    got = enc.encode(pairs)
+    for i, (q, d) in enumerate(pairs):
+        qe, de = tok.encode(q, add_special_tokens=False), tok.encode(d, add_special_tokens=False)
+        nq, nd = len(qe.ids), len(de.ids)
+        if nq + nd > room:
+            keep_q = min(nq, max(mqt, room - nd))
+            qe.truncate(keep_q)
+            de.truncate(room - keep_q)
+        want = tok.post_process(qe, de)
+        a, b = got.offsets[i], got.offsets[i + 1]
+        assert got.ids[a:b].tolist() == want.ids, (family, i)
+        assert got.type_ids[a:b].tolist() == want.type_ids, (family, i)
+        assert got.query_cut[i] == (len(qe.ids) < nq) and got.doc_cut[i] == (len(de.ids) < nd), (family, i)
+        if nq + nd <= room:
+            assert want.ids == tok.encode(q, d).ids
+
+
 def test_cli_json_lines_say_which_part_was_cut(tiny_bert_folder: Path, monkeypatch, capsysbinary) -> None:
     q = " ".join(["export data settings page"] * 40)
     docs = [{"text": "short"}, {"text": "billing invoice " * 200}]
