@@ -311,8 +311,9 @@ class PairEncoder:
             del encs
         if cut_queries:
             log.warning(
-                "%d of %d pairs: the query was cut to fit max_length=%d; a query keeps max(max_query_tokens=%d, "
-                "what its document leaves) tokens",
+                "%d of %d pairs lost query tokens (max_length=%d: an overflowing pair's query keeps "
+                "max(max_query_tokens=%d, what its document leaves); a query without word breaks is read up to a "
+                "bounded prefix)",
                 int(query_cut.sum()), n, self.max_length, mqt,
             )
         lengths = np.fromiter((len(r) for r in rows_ids), dtype=np.int64, count=n)
