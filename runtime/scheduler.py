@@ -495,9 +495,17 @@ class Scheduler:
         order = np.concatenate([ranked, idx[~scored]]).astype(np.int64)
         if job.top_k is not None:
             order = order[: job.top_k]
-        trunc = job.enc.truncated
+        enc = job.enc
         results = [
-            Result(index=int(i), score=float(scores[i]), document=job.docs[i], truncated=bool(trunc[i]), scored=bool(scored[i]))
+            Result(
+                index=int(i),
+                score=float(scores[i]),
+                document=job.docs[i],
+                truncated=bool(enc.truncated[i]),
+                scored=bool(scored[i]),
+                query_cut=bool(enc.query_cut[i]),
+                doc_cut=bool(enc.doc_cut[i]),
+            )
             for i in order
         ]
         now = time.monotonic()
@@ -512,7 +520,7 @@ class Scheduler:
             results=results,
             scores=scores,
             scored=scored,
-            truncated=trunc.copy(),
+            truncated=enc.truncated.copy(),
             total_tokens=int(job.lengths.sum()),
             timings=timings,
         )

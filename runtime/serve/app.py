@@ -42,6 +42,7 @@ from ..errors import (
     SchedulerClosedError,
 )
 from ..reranker import Reranker
+from ..textio import scrub
 from ..scheduler import PairTooLongError, RerankOutcome, Scheduler
 from .config import ServeConfig
 from .metrics import CONTENT_TYPE, ServiceMetrics
@@ -149,7 +150,7 @@ def create_app(config: ServeConfig, *, reranker: Reranker | None = None) -> Fast
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
-        errors = err.errors()
+        errors = _relevant(list(err.errors()))
         first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": "invalid"}
         if first.get("type") == "json_invalid":
             return _error_response(400, f"the body is not valid JSON: {first.get('msg')} (at {first.get('loc')[-1]})", "invalid_json")
@@ -267,7 +268,7 @@ def create_app(config: ServeConfig, *, reranker: Reranker | None = None) -> Fast
         for r in outcome.results:
             item: dict[str, Any] = {"index": r.index, "relevance_score": r.score if r.scored else None}
             if body.return_documents:
-                item["document"] = {"text": r.document}
+                item["document"] = {"text": scrub(r.document)}  # a lone surrogate would fail UTF-8 encoding
             if not r.scored:
                 item["scored"] = False
             results.append(item)
@@ -281,19 +282,19 @@ def create_app(config: ServeConfig, *, reranker: Reranker | None = None) -> Fast
             "partial": outcome.partial,
         }
 
-    @app.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=_ERRORS,
+    @app.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_unset=True, responses=_ERRORS,
               summary="Rerank documents (Cohere v1 / Jina / infinity shape)", openapi_extra=_body_schema(RerankRequest))
     async def rerank_v1(request: Request) -> Any:
         authorize(request)
         return await cohere(request, await _parse(request, RerankRequest), "1")
 
-    @app.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=_ERRORS,
+    @app.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_unset=True, responses=_ERRORS,
               summary="Rerank documents (Cohere v2 shape)", openapi_extra=_body_schema(RerankRequest))
     async def rerank_v2(request: Request) -> Any:
         authorize(request)
         return await cohere(request, await _parse(request, RerankRequest), "2")
 
-    @app.post("/rerank", response_model=list[TEIRank], response_model_exclude_none=True, responses=_ERRORS,
+    @app.post("/rerank", response_model=list[TEIRank], response_model_exclude_unset=True, responses=_ERRORS,
               summary="Rerank texts (text-embeddings-inference shape)", openapi_extra=_body_schema(TEIRerankRequest))
     async def rerank_tei(request: Request) -> Any:
         authorize(request)
@@ -311,7 +312,7 @@ def create_app(config: ServeConfig, *, reranker: Reranker | None = None) -> Fast
         for r in outcome.results:
             item: dict[str, Any] = {"index": r.index, "score": r.score if r.scored else None}
             if body.return_text:
-                item["text"] = r.document
+                item["text"] = scrub(r.document)
             ranks.append(item)
         headers = {"X-Crossrank-Unscored": str(outcome.num_unscored)} if outcome.partial else None
         return JSONResponse(ranks, headers=headers)
@@ -401,6 +402,20 @@ def _field_name(loc: Sequence[Any]) -> str | None:
     for p in parts[1:]:
         out += f"[{p}]" if isinstance(p, int) else f".{p}"
     return out
+
+
+def _relevant(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Of a document's union errors keep the member it was meant as: an object's own field errors
+    when it is an object, one "string or object" error otherwise."""
+    out = []
+    for e in errors:
+        loc = tuple(e.get("loc", ()))
+        if "str" in loc and isinstance(e.get("input"), dict):
+            continue  # an object was given: the string member's complaint is noise
+        if loc and loc[-1] == "DocumentObject" and not isinstance(e.get("input"), dict):
+            continue  # neither string nor object: the string member's error says it once
+        out.append(e)
+    return out or errors
 
 
 def _message(e: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from typing import Any
 
 from ..errors import InvalidInputError, MissingDependencyError
@@ -105,7 +106,14 @@ def _run(args: argparse.Namespace) -> int:
     from .app import create_app  # noqa: PLC0415
 
     server = uvicorn.Server(uvicorn.Config(create_app(config), **common))
-    server.run()  # SIGTERM/SIGINT: stop accepting, finish in-flight requests, then the lifespan drains
+    # uvicorn drains on SIGTERM (stop accepting, finish in-flight requests, then our lifespan
+    # drains the queue) and afterwards re-raises the signal under the handler that was there
+    # before it started. A no-op handler there makes a drained SIGTERM exit 0, as orchestrators expect.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if not server.started:
         raise InvalidInputError(f"the service did not start on {config.host}:{config.port} (see the log above)")
     return 0
