@@ -365,7 +365,17 @@ def create_app(config: ServeConfig, *, reranker: Reranker | None = None) -> Fast
 
 
 def create_app_from_env() -> FastAPI:
-    """App factory for ``--workers N``: each uvicorn worker builds its app from ``$CROSSRANK_SERVE_CONFIG``."""
+    """App factory for ``--workers N``: each uvicorn worker builds its app from ``$CROSSRANK_SERVE_CONFIG``.
+
+    A worker is a fresh process started by ``crossrank serve``, which owns it: the crossrank log
+    (access lines included) goes to stderr as in the single-process server."""
+    root = logging.getLogger("crossrank")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
     return create_app(ServeConfig.from_env())
 
 
