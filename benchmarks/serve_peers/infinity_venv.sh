@@ -21,8 +21,16 @@ pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
 # torch first, capped like crossrank's export extra: where the 2.13.0 CPU wheel is on the
 # find-links path (as on the project machines) pip takes it and never pulls a multi-GB CUDA build.
 "${pip[@]}" "torch<=2.13.0"
-# transformers 5 dropped APIs that sentence-transformers 3.x and infinity 0.0.78 use.
+# transformers 5 dropped APIs that sentence-transformers 3.x and infinity 0.0.78 use. optimum stays
+# 2.x (optimum-onnx): optimum 1.x, which infinity 0.0.78 was written for, cannot import with torch
+# 2.13 (torch.onnx.symbolic_opset14._attention_scale is gone). Two consequences for its optimum
+# engine, both handled by the load generator (see benchmarks/serve_peers/README.md): it must be
+# started inside the model folder with --model-id . (an absolute folder makes it pass an absolute
+# file_name that optimum 2 rejects), and its own ORT optimization fails (OptimizationConfig has no
+# optimize_with_onnxruntime_only), so infinity_onnx.py hands it an already-optimized graph.
 "${pip[@]}" "infinity-emb[server,torch,optimum]==${INFINITY_VERSION}" "transformers>=4.47,<5"
+# check the engines' imports, so a broken environment shows here and not at serving time
+"$venv/bin/python" -c "from optimum.onnxruntime import ORTModelForSequenceClassification, ORTOptimizer, ORTQuantizer; import infinity_emb, sentence_transformers"
 
 "$venv/bin/python" - <<'PY'
 import importlib.metadata as md
