@@ -23,9 +23,10 @@ Systems (``--systems``):
 * ``st-fastapi``         the usual hand-written FastAPI + sentence-transformers ``CrossEncoder``
   server (``benchmarks/serve_peers/st_server.py``) on the source Hugging Face folder;
 * ``infinity``           infinity (``infinity_emb v2``) on the same Hugging Face folder, from its own
-  virtualenv (``benchmarks/serve_peers/infinity_venv.sh``), with the faster of its CPU engines;
-  ``infinity-torch`` / ``infinity-optimum`` pick the engine explicitly. Skipped, with the reason,
-  when its virtualenv is missing.
+  virtualenv (``benchmarks/serve_peers/infinity_venv.sh``), in its fastest CPU configuration here
+  (``infinity-optimum-int8``); ``infinity-torch``, ``infinity-optimum`` (ONNX fp32) and
+  ``infinity-optimum-int8`` pick one explicitly (benchmarks/serve_peers/README.md). Skipped, with
+  the reason, when its virtualenv is missing.
 
 Systems are started one after the other, and all stay up for the run; load points are
 **interleaved** (every system at rate r, then every system at the next rate), and after each point
@@ -74,13 +75,13 @@ REPO = Path(__file__).resolve().parents[2]
 PEERS_DIR = REPO / "benchmarks" / "serve_peers"
 # ``infinity`` is the fastest of infinity's CPU configurations on this model (see
 # benchmarks/serve_peers/README.md for the measurement).
-INFINITY_DEFAULT = "infinity-torch"
+INFINITY_DEFAULT = "infinity-optimum-int8"
 
 SYSTEMS: dict[str, str] = {
     "crossrank": "crossrank serve (batching on)",
     "crossrank-nobatch": "crossrank serve (batching off)",
     "st-fastapi": "FastAPI + sentence-transformers",
-    "infinity": "infinity",
+    "infinity": "infinity (optimum engine, ONNX int8)",
     "infinity-torch": "infinity (torch engine)",
     "infinity-optimum": "infinity (optimum engine, ONNX fp32)",
     "infinity-optimum-int8": "infinity (optimum engine, ONNX int8)",
@@ -893,7 +894,8 @@ def markdown(results: Mapping[str, Any]) -> str:
 
 
 def plot_load(results: Mapping[str, Any], path: str | Path) -> Path | None:
-    """Left: p50 (dashed) and p99 (solid) against offered rate; right: closed loop, latency against throughput."""
+    """Left: p50 (dashed) and p99 (solid) against offered rate; middle: achieved against offered
+    throughput (the diagonal: keeping up); right: closed loop, latency against throughput."""
     systems = {n: e for n, e in results.get("systems", {}).items() if not e.get("skipped")}
     if not any(e.get("open") or e.get("closed") for e in systems.values()):
         return None
@@ -903,7 +905,7 @@ def plot_load(results: Mapping[str, Any], path: str | Path) -> Path | None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     labels = results.get("labels", {})
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5.5), dpi=110)
+    fig, (a1, a3, a2) = plt.subplots(1, 3, figsize=(17, 5.5), dpi=110, gridspec_kw={"width_ratios": [4, 3, 4]})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (n, e) in enumerate(systems.items()):
         color = colors[i % len(colors)]
@@ -913,6 +915,7 @@ def plot_load(results: Mapping[str, Any], path: str | Path) -> Path | None:
             x = [p["offered_rps"] for p in pts]
             a1.plot(x, [p["p99_ms"] for p in pts], "-o", color=color, lw=width, ms=3, label=f"{labels.get(n, n)} p99")
             a1.plot(x, [p["p50_ms"] for p in pts], "--", color=color, lw=width * 0.7, label=f"{labels.get(n, n)} p50")
+            a3.plot(x, [p["throughput_rps"] for p in pts], "-o", color=color, lw=width, ms=3, label=labels.get(n, n))
         pts = [p for p in e.get("closed", []) if not p.get("skipped") and p.get("p99_ms") is not None]
         if pts:
             x = [p["throughput_rps"] for p in pts]
@@ -930,6 +933,14 @@ def plot_load(results: Mapping[str, Any], path: str | Path) -> Path | None:
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(fontsize=7, loc="upper left")
         ax.set_ylabel("latency (ms)")
+    rates = [p["offered_rps"] for e in systems.values() for p in e.get("open", []) if p.get("offered_rps")]
+    if rates:
+        a3.plot([0, max(rates)], [0, max(rates)], ":", color="0.5", lw=1, label="offered")
+    a3.set_xlabel("offered load (req/s)")
+    a3.set_ylabel("achieved throughput (req/s)")
+    a3.set_title("open loop: throughput vs offered load", fontsize=10)
+    a3.grid(True, alpha=0.25)
+    a3.legend(fontsize=7, loc="upper left")
     a1.set_xlabel("offered load (req/s, Poisson)")
     a1.set_title("open loop: latency vs offered load", fontsize=10)
     a2.set_xlabel("achieved throughput (req/s); labels: concurrent clients")
