@@ -84,6 +84,8 @@ def test_summary_max_sustainable_and_low_load() -> None:
     assert s["crossrank"]["p99_at_st_fastapi_saturation_ms"] == 500
     assert s["crossrank"]["throughput_vs_st-fastapi"] == pytest.approx(8.0)
     assert "note" in s["crossrank"]  # every offered rate sustained: the maximum is at least this
+    assert s["st-fastapi"]["sustainable_by_slo_ms"]["1000"]["offered_rps"] == 0.5
+    assert s["st-fastapi"]["sustainable_by_slo_ms"]["5000"]["offered_rps"] == 1  # comparisons at equal p99
     assert s["infinity"] == {"skipped": "not installed"}
     results["settings"]["slo_ms"] = 5000.0
     assert L.summarize(results)["st-fastapi"]["max_sustainable_offered_rps"] == 1
