@@ -739,6 +739,8 @@ def _brief(d: Mapping[str, Any]) -> str:
     def ms(x: Any) -> str:
         return "–" if x is None else f"{x:.0f}"
 
+    if d.get("skipped"):
+        return f"skipped: {d['skipped']}"
     return (f"{d['ok']}/{d['issued']} ok, {d['throughput_rps']:.2f} req/s, {d['pairs_per_s']:.0f} pairs/s, "
             f"p50 {ms(d['p50_ms'])} p95 {ms(d['p95_ms'])} p99 {ms(d['p99_ms'])} ms"
             + (f", {d['errors']} errors {d['error_statuses']}" if d["errors"] else ""))
