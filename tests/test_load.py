@@ -156,3 +156,24 @@ def test_smoke_run_against_the_st_fastapi_peer(tiny_hf: Path, tmp_path: Path) ->
     table = (out / "table.md").read_text()
     assert "FastAPI + sentence-transformers" in table and "Open loop" in table and "Closed loop" in table
     assert not list(out.glob("logs/*.log")) or (out / "logs" / "st-fastapi.log").is_file()
+
+
+def test_smoke_run_against_crossrank_serve_with_and_without_batching(tiny_bert_folder: Path, tmp_path: Path) -> None:
+    """`crossrank serve` as a real subprocess (batching on and off) next to the in-process reference."""
+    s = L.smoke_settings(systems=("crossrank", "crossrank-nobatch"), model_dir=str(tiny_bert_folder), inprocess=True, threads=1)
+    out = tmp_path / "load"
+    results = L.run_load(s, out, log=lambda m: None)
+    L.write_outputs(results, out)
+    systems = json.loads((out / "results.json").read_text())["systems"]
+    for name in ("crossrank", "crossrank-nobatch"):
+        e = systems[name]
+        assert "skipped" not in e and "crashed" not in e, e
+        for p in e["open"] + e["closed"]:
+            assert p["issued"] == s.requests and p["ok"] == p["issued"] and p["errors"] == 0, (name, p)
+            assert 0 < p["p50_ms"] <= p["p99_ms"] < s.timeout * 1000
+    # The service's seed-example scores are the library's.
+    from crossrank import Reranker
+
+    rr = Reranker.load(tiny_bert_folder)
+    seed = systems["crossrank"]["seed_example"]  # rounded to 4 decimals by the probe
+    assert seed["scores"] == pytest.approx([float(x) for x in rr.score(L.SEED_QUERY, L.SEED_DOCS)], abs=6e-5)
