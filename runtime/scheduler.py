@@ -83,15 +83,21 @@ log = logging.getLogger("crossrank.scheduler")
 # 20 s of work there: the most a default 30 s timeout can still serve. Raise it with the machine.
 DEFAULT_MAX_QUEUE_PAIRS = 2048
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
+# Requests with more characters than this are tokenized on a thread of their own, so that their
+# tokenization (seconds for megabytes) never queues small requests behind it. 256 KiB is ~100
+# passages of a first stage; real MiniLM tokenizer on the 2-core EPYC: ~1 s per 1 MB.
+LARGE_REQUEST_CHARS = 256 * 1024
 
 
 class PairTooLongError(InvalidInputError):
-    """``allow_truncation=False`` and a pair is longer than ``max_length`` (``index``, ``tokens``)."""
+    """``allow_truncation=False`` and a pair is longer than ``max_length``: ``index`` of the
+    document, ``tokens`` of the whole pair, ``part`` that would be cut (``"query"``/``"document"``)."""
 
-    def __init__(self, message: str, *, index: int, tokens: int) -> None:
+    def __init__(self, message: str, *, index: int, tokens: int, part: str = "document") -> None:
         super().__init__(message)
         self.index = index
         self.tokens = tokens
+        self.part = part
 
 
 @dataclass(frozen=True)
@@ -218,6 +224,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         # arerank tokenizes here, off the event loop; `tokenizers` releases the GIL while it encodes.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="crossrank-tokenize")
+        self._executor_large = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="crossrank-tokenize-large")
         if start:
             self.start()
 
@@ -246,6 +253,7 @@ class Scheduler:
             for job in list(self._jobs):
                 self._fail_locked(job, SchedulerClosedError("the scheduler closed before this request was scored"))
         self._executor.shutdown(wait=False)
+        self._executor_large.shutdown(wait=False)
 
     def __enter__(self) -> "Scheduler":
         return self.start()
@@ -301,6 +309,7 @@ class Scheduler:
         deadline_ms: float | None = None,
         max_doc_tokens: int | None = None,
         allow_truncation: bool = True,
+        started_at: float | None = None,
     ) -> RerankOutcome:
         """Rank ``documents`` for ``query`` through the shared queue (see the module docstring).
 
@@ -308,12 +317,15 @@ class Scheduler:
             query, documents: as :meth:`crossrank.Reranker.rerank` (``documents`` is copied).
             top_k: at most this many results (None: all).
             raw: scores are the positive logit instead of the activated score.
-            deadline_ms: latency budget in milliseconds from this call; when it cannot all be
-                scored in time the answer is partial (``RerankOutcome.partial``), never late.
+            deadline_ms: latency budget in milliseconds from ``started_at``; when it cannot all be
+                scored in time the answer is partial (``RerankOutcome.partial``), never late - also
+                when the deadline passes while the request is still being tokenized.
             max_doc_tokens: at most this many document tokens per pair (cheaper; counted as
                 truncation when it cuts).
             allow_truncation: False raises :class:`PairTooLongError` for a pair longer than
-                ``max_length`` instead of cutting its document.
+                ``max_length`` instead of cutting it.
+            started_at: ``time.monotonic()`` when the request arrived (a server passes the time
+                it started reading it); default: now.
 
         Returns:
             :class:`RerankOutcome`.
@@ -326,15 +338,28 @@ class Scheduler:
             SchedulerClosedError: the scheduler is closing.
             InferenceError: onnxruntime failed on a run holding this request's pairs.
         """
-        submitted = self._executor.submit(
-            lambda: self._submit(query, documents, top_k=top_k, raw=raw, deadline_ms=deadline_ms, max_doc_tokens=max_doc_tokens, allow_truncation=allow_truncation)
-        )
+        t0 = time.monotonic() if started_at is None else float(started_at)
+        docs = _check_documents(documents)  # a tuple: the worker thread sees the caller's list as it was
+        kwargs = dict(top_k=top_k, raw=raw, deadline_ms=deadline_ms, max_doc_tokens=max_doc_tokens,
+                      allow_truncation=allow_truncation, t0=t0)
+        # Tokenization off the event loop (`tokenizers` releases the GIL); big requests on their
+        # own thread so that a 5 MB request does not hold up the small ones behind it.
+        size = len(query) + sum(map(len, docs)) if isinstance(query, str) else 0
+        executor = self._executor_large if size > LARGE_REQUEST_CHARS else self._executor
+        submitted = executor.submit(lambda: self._submit(query, docs, **kwargs))
+        wrapped = _quiet(asyncio.wrap_future(submitted))
+        limit = None
+        if isinstance(deadline_ms, (int, float)) and not isinstance(deadline_ms, bool) and math.isfinite(deadline_ms) and deadline_ms > 0:
+            limit = max(0.0, t0 + deadline_ms / 1000.0 - time.monotonic())
         try:
-            job = await asyncio.shield(asyncio.wrap_future(submitted))
+            job = await asyncio.wait_for(asyncio.shield(wrapped), timeout=limit)
+        except asyncio.TimeoutError:  # the deadline passed while tokenizing: on time, nothing scored
+            submitted.add_done_callback(lambda f: None if f.cancelled() or f.exception() else self._cancel(f.result()))
+            return self._unscored(docs, top_k, time.monotonic() - t0)
         except asyncio.CancelledError:  # cancelled while tokenizing: withdraw the job once it exists
             submitted.add_done_callback(lambda f: None if f.cancelled() or f.exception() else self._cancel(f.result()))
             raise
-        fut = asyncio.wrap_future(job.future)
+        fut = _quiet(asyncio.wrap_future(job.future))
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout=_remaining(job))
         except asyncio.TimeoutError:
@@ -342,6 +367,20 @@ class Scheduler:
         except asyncio.CancelledError:  # the client went away: its pairs leave the queue
             self._cancel(job)
             raise
+
+    def _unscored(self, docs: tuple[str, ...], top_k: Any, elapsed: float) -> RerankOutcome:
+        n = len(docs)
+        k = _check_top_k(top_k)
+        order = range(n if k is None else min(n, k))
+        nope = np.zeros(n, dtype=bool)
+        return RerankOutcome(
+            results=[Result(index=i, score=float("nan"), document=docs[i], scored=False) for i in order],
+            scores=np.full(n, np.nan, dtype=np.float32),
+            scored=nope,
+            truncated=nope.copy(),
+            total_tokens=0,
+            timings=Timings(tokenize_s=elapsed, queue_s=0.0, inference_s=0.0, total_s=elapsed),
+        )
 
     def _submit(
         self,
@@ -353,8 +392,9 @@ class Scheduler:
         deadline_ms: Any,
         max_doc_tokens: Any,
         allow_truncation: Any,
+        t0: float | None = None,
     ) -> _Job:
-        t0 = time.monotonic()
+        t0 = time.monotonic() if t0 is None else t0
         _check_query(query)
         docs = _check_documents(documents)
         k = _check_top_k(top_k)
@@ -391,11 +431,13 @@ class Scheduler:
             if not allow_truncation and enc.truncated.any():
                 i = int(np.flatnonzero(enc.truncated)[0])
                 full = self._full_length(query, docs[i])
+                part = "query" if enc.query_cut[i] else "document"
                 raise PairTooLongError(
-                    f"documents[{i}]: the pair is {full} tokens, longer than max_length {self.reranker.max_length}; "
-                    "shorten it or allow truncation",
+                    f"the pair of the query and document {i} is {full} tokens, longer than max_length "
+                    f"{self.reranker.max_length}; shorten the {part} or allow truncation",
                     index=i,
                     tokens=full,
+                    part=part,
                 )
         except BaseException:
             with self._cond:
@@ -527,7 +569,9 @@ class Scheduler:
 
     def _drain_estimate_locked(self) -> float:
         tokens = sum(j.pending_tokens for j in self._jobs)
-        return max(1.0, math.ceil(self.cost.seconds_per_token * tokens + self.cost.overhead_s * max(1, len(self._jobs))))
+        runs = math.ceil(tokens / max(1, self.reranker.batch_tokens)) + 1  # + the run in flight
+        in_flight = self.cost.estimate(self.reranker.batch_tokens)
+        return max(1.0, math.ceil(self.cost.seconds_per_token * tokens + self.cost.overhead_s * runs + in_flight))
 
     # -- the worker ------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -651,3 +695,10 @@ class Scheduler:
 def _remaining(job: _Job) -> float | None:
     """Seconds until the job's deadline or timeout; None when it has neither."""
     return None if job.expires == math.inf else max(0.0, job.expires - time.monotonic())
+
+
+def _quiet(fut: "asyncio.Future[Any]") -> "asyncio.Future[Any]":
+    """``fut`` with its exception marked retrieved: a waiter that already answered (deadline,
+    cancellation) must not leave "exception was never retrieved" in the log."""
+    fut.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+    return fut

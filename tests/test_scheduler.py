@@ -120,6 +120,32 @@ def test_deadline_gives_an_on_time_partial_answer_in_first_stage_order(real_rr):
     np.testing.assert_array_equal(out.scores[:n_scored], real_rr.score(QUERY, docs[:n_scored]))
 
 
+def test_deadline_is_kept_while_a_huge_request_is_still_tokenizing(real_rr):
+    # 5 MB of text takes seconds to tokenize; its 100 ms budget must still be answered on time,
+    # and a small request sent after it must not queue behind that tokenization.
+    huge = ["export the data to a file " * 200 + str(i) for i in range(1000)]
+    with Scheduler(real_rr) as s:
+        s.rerank("warm", DOCS)
+
+        async def timed(coro, t0):
+            out = await coro
+            return out, time.monotonic() - t0
+
+        async def main():
+            t0 = time.monotonic()
+            big = asyncio.create_task(timed(s.arerank(QUERY, huge, deadline_ms=100), t0))
+            await asyncio.sleep(0.01)
+            small, t_small = await timed(s.arerank(QUERY, DOCS), t0)
+            out, elapsed = await big
+            return out, elapsed, small, t_small
+
+        out, elapsed, small, t_small = asyncio.run(main())
+    assert elapsed < 0.100 + 0.5, f"answered after {elapsed:.3f}s"
+    assert out.partial and len(out.results) == len(huge)
+    assert [r.index for r in out.results if not r.scored] == sorted(r.index for r in out.results if not r.scored)
+    assert np.array_equal(small.scores, real_rr.score(QUERY, DOCS)) and t_small < 2.0
+
+
 def test_a_deadline_that_is_met_gives_a_complete_answer(tiny_rr):
     with Scheduler(tiny_rr) as s:
         out = s.rerank(QUERY, DOCS, deadline_ms=10_000)

@@ -54,6 +54,10 @@ class LiveServer:
             if time.monotonic() > give_up or not self.thread.is_alive():
                 raise RuntimeError("the test server did not start")
             time.sleep(0.01)
+        while httpx.get(f"{self.url}/ready").status_code != 200:  # warm-up runs with the port open
+            if time.monotonic() > give_up:
+                raise RuntimeError("the test server did not become ready")
+            time.sleep(0.02)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -139,6 +143,9 @@ def test_tei_shape(server, real_rr):
     long_doc = "word " * 2000
     r = post(f"{server.url}/rerank", {"query": QUERY, "texts": ["short", long_doc]})
     assert r.status_code == 422 and r.json()["field"] == "texts[1]" and "max_length" in r.json()["error"]
+    assert "documents" not in r.json()["error"]
+    r = post(f"{server.url}/rerank", {"query": "word " * 2000, "texts": ["short"]})
+    assert r.status_code == 422 and r.json()["field"] == "query"
     r = post(f"{server.url}/rerank", {"query": QUERY, "texts": ["short", long_doc], "truncate": True})
     assert r.status_code == 200
 
@@ -160,6 +167,28 @@ def test_max_tokens_per_doc_cuts_documents(server, real_rr):
     assert cut["results"][0]["relevance_score"] != full["results"][0]["relevance_score"]
 
 
+def test_ready_is_503_until_warmed_while_health_answers(real_model_folder, real_rr):
+    config = ServeConfig(model_dir=str(real_model_folder), warmup=True)
+    app = create_app(config, reranker=real_rr)
+    srv = LiveServer(app)
+    srv.thread.start()
+    try:
+        while not srv.server.started:
+            time.sleep(0.005)
+        first = httpx.get(f"{srv.url}/ready")
+        assert httpx.get(f"{srv.url}/health").status_code == 200
+        assert first.status_code in (200, 503)
+        if first.status_code == 503:  # caught during the warm-up (it takes a few runs)
+            assert first.json()["error_type"] == "not_ready" and first.headers["retry-after"] == "1"
+        give_up = time.monotonic() + 120
+        while httpx.get(f"{srv.url}/ready").status_code != 200:
+            assert time.monotonic() < give_up
+            time.sleep(0.02)
+        assert app.state.crossrank.scheduler.cost.observations >= 2  # the warm-up calibrated the cost model
+    finally:
+        srv.__exit__(None, None, None)
+
+
 def test_health_ready_info_metrics_and_openapi(server):
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
     assert httpx.get(f"{server.url}/ready").status_code == 200
@@ -168,7 +197,8 @@ def test_health_ready_info_metrics_and_openapi(server):
     assert info["architecture"].endswith("ForSequenceClassification")
     spec = httpx.get(f"{server.url}/openapi.json").json()
     assert {"/v1/rerank", "/v2/rerank", "/rerank", "/health", "/ready", "/info", "/metrics"} <= set(spec["paths"])
-    assert "query" in json.dumps(spec["paths"]["/v1/rerank"]["post"]["requestBody"])
+    assert "RerankRequest" in json.dumps(spec["paths"]["/v1/rerank"]["post"]["requestBody"])
+    assert "query" in spec["components"]["schemas"]["RerankRequest"]["properties"]
     assert httpx.get(f"{server.url}/docs").status_code == 200
     post(f"{server.url}/v1/rerank", {"query": QUERY, "documents": SEED})
     text = httpx.get(f"{server.url}/metrics").text
@@ -195,7 +225,13 @@ def test_health_ready_info_metrics_and_openapi(server):
         ({"query": "q", "documents": ["a"] * 1001}, 422, "documents", "max_documents"),
         ({"query": "q", "documents": [["a"]]}, 422, "documents[0]", "string or an object"),
         ({"query": "q", "documents": ["a", "x" * 50_001]}, 422, "documents[1]", "max_text_chars"),
-        ({"query": "q", "documents": ["a"], "deadline_ms": -5}, 422, "deadline_ms", "greater than"),
+        ({"query": "q", "documents": ["a"], "deadline_ms": -5}, 422, "deadline_ms", "> 0"),
+        ({"query": "q", "documents": ["a"], "deadline_ms": True}, 422, "deadline_ms", "not a string or boolean"),
+        ({"query": "q", "documents": ["a"], "deadline_ms": "100"}, 422, "deadline_ms", "not a string or boolean"),
+        (b'{"query": "q", "documents": ["a"], "deadline_ms": 1e400}', 422, "deadline_ms", "finite"),
+        (b"[" * 5000 + b"]" * 5000, 400, None, "nested too deeply"),
+        (b'{"query": "q", "documents": ' + b"[" * 990 + b"]" * 990 + b"}", 400, None, "nested too deeply"),
+        (b'{"query": "q", "documents": ["a"], "top_n": ' + b"9" * 5000 + b"}", 400, None, "not valid JSON"),
     ],
 )
 def test_bad_requests_get_json_errors(server, body, status, field, words):
@@ -205,6 +241,64 @@ def test_bad_requests_get_json_errors(server, body, status, field, words):
     assert set(err) <= {"error", "error_type", "field"} and words in err["error"]
     assert err.get("field") == field
     assert "Traceback" not in r.text
+
+
+def test_a_500_class_body_keeps_the_connection_usable(server):
+    # Deep nesting used to escape as a 500 that closed the keep-alive connection under the next request.
+    with httpx.Client(timeout=60) as client:
+        assert client.post(f"{server.url}/v1/rerank", content=b"[" * 5000 + b"]" * 5000).status_code == 400
+        assert client.post(f"{server.url}/v1/rerank", content=json.dumps({"query": QUERY, "documents": SEED})).status_code == 200
+
+
+def test_compressed_bodies_are_415(server):
+    import gzip
+
+    r = httpx.post(f"{server.url}/v1/rerank", content=gzip.compress(b'{"query": "q", "documents": ["a"]}'),
+                   headers={"Content-Encoding": "gzip"}, timeout=60)
+    assert r.status_code == 415 and "Content-Encoding" in r.json()["error"]
+
+
+def test_openapi_request_bodies_resolve(server):
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    refs = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            refs.extend(v for k, v in node.items() if k == "$ref")
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(spec)
+    assert refs and all(r.startswith("#/components/schemas/") and r.rsplit("/", 1)[1] in schemas for r in refs), refs
+    assert {"RerankRequest", "TEIRerankRequest", "DocumentObject"} <= set(schemas)
+
+
+def test_client_that_disconnects_takes_its_pairs_out_of_the_queue(server):
+    before = httpx.get(f"{server.url}/metrics").text
+    n = 600  # many seconds of scoring: far longer than noticing the disconnect takes
+    body = json.dumps({"query": QUERY, "documents": [LONG + str(i) for i in range(n)]}).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    give_up = time.monotonic() + 60
+    while server.scheduler.queued_requests == 0:
+        assert time.monotonic() < give_up
+        time.sleep(0.01)
+    sock.close()
+    while server.scheduler.queued_pairs:
+        assert time.monotonic() < give_up, "the abandoned request stayed in the queue"
+        time.sleep(0.01)
+    text = httpx.get(f"{server.url}/metrics").text
+    assert 'crossrank_rejected_total{reason="client_gone"} 1.0' in text
+
+    def pairs_total(t):
+        return float(next(line.split()[-1] for line in t.splitlines() if line.startswith("crossrank_pairs_total ")))
+
+    assert pairs_total(text) - pairs_total(before) < n  # it was not scored to the end
 
 
 def test_oversize_body_is_413_declared_or_streamed(server):
@@ -225,6 +319,22 @@ def test_bad_deadline_header(server):
     assert r.status_code == 422 and r.json()["field"] == "X-Deadline-Ms"
 
 
+def test_serve_config_refuses_what_cannot_work(real_model_folder):
+    from crossrank.errors import InvalidInputError
+
+    for bad in ({"api_key": ""}, {"api_key": "  "}, {"grace_s": float("inf")}, {"request_timeout_s": 0},
+                {"max_queue_pairs": 10, "max_documents": 11}, {"port": 70000}, {"workers": 0}):
+        with pytest.raises(InvalidInputError):
+            ServeConfig(model_dir=str(real_model_folder), **bad)
+
+
+def test_api_key_non_ascii_matches_a_utf8_header(real_model_folder, real_rr):
+    with _server_with(real_model_folder, real_rr, api_key="clé") as s:
+        ok = httpx.post(f"{s.url}/v1/rerank", content=json.dumps({"query": QUERY, "documents": SEED}),
+                        headers=[(b"Authorization", "Bearer clé".encode("utf-8"))], timeout=60)
+        assert ok.status_code == 200
+
+
 def test_api_key(real_model_folder, real_rr):
     with _server_with(real_model_folder, real_rr, api_key="s3cret") as s:
         body = {"query": QUERY, "documents": SEED}
@@ -239,7 +349,7 @@ def test_api_key(real_model_folder, real_rr):
 
 
 def test_queue_full_is_429_with_retry_after(real_model_folder, real_rr):
-    with _server_with(real_model_folder, real_rr, max_queue_pairs=100) as s:
+    with _server_with(real_model_folder, real_rr, max_queue_pairs=100, max_documents=100) as s:
 
         async def main():
             async with httpx.AsyncClient(timeout=120) as client:

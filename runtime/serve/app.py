@@ -15,8 +15,10 @@ inference failure (logged; no stack trace in the body).
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import re
 import logging
 import math
 import time
@@ -27,6 +29,7 @@ from typing import Any, AsyncIterator, Sequence
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -46,7 +49,7 @@ from ..textio import scrub
 from ..scheduler import PairTooLongError, RerankOutcome, Scheduler
 from .config import ServeConfig
 from .metrics import CONTENT_TYPE, ServiceMetrics
-from .schemas import ErrorBody, RerankRequest, RerankResponse, TEIRank, TEIRerankRequest
+from .schemas import DocumentObject, ErrorBody, RerankRequest, RerankResponse, TEIRank, TEIRerankRequest
 
 __all__ = ["create_app", "create_app_from_env", "DEADLINE_HEADER"]
 
@@ -54,6 +57,7 @@ log = logging.getLogger("crossrank.serve")
 access_log = logging.getLogger("crossrank.serve.access")
 
 DEADLINE_HEADER = "x-deadline-ms"
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 _ROUTES = ("/v1/rerank", "/v2/rerank", "/rerank", "/health", "/ready", "/info", "/metrics")
 _ERRORS = {c: {"model": ErrorBody} for c in (400, 401, 413, 422, 429, 503, 504)}
 
@@ -83,8 +87,9 @@ class _State:
 
 
 def create_app(config: ServeConfig, *, reranker: Reranker | None = None) -> FastAPI:
-    """The service's ASGI app. The model is loaded (unless ``reranker`` is given), the scheduler
-    started and warmed in the app's lifespan; ``/ready`` answers 200 only after that.
+    """The service's ASGI app. The model is loaded (unless ``reranker`` is given) and the
+    scheduler started in the app's lifespan, before the port opens; the warm-up runs with the port
+    open, ``/ready`` answering 503 until it is done.
 
     Raises (at startup, from the lifespan): the errors of :meth:`crossrank.Reranker.load`.
     """
@@ -117,22 +122,29 @@ def create_app(config: ServeConfig, *, reranker: Reranker | None = None) -> Fast
         )
         state.reranker, state.scheduler = rr, sched
         state.metrics.bind(sched)
-        if config.warmup:
-            await run_in_threadpool(sched.warmup)
-        state.ready = True
-        log.info(
-            "crossrank serve: %s (variant %s on %s), batching %s, ready",
-            config.model_name,
-            rr.variant,
-            ", ".join(rr.providers),
-            "on" if config.batching else "off",
-        )
+
+        async def warm() -> None:
+            # The port is open meanwhile: /health answers, /ready says 503 until this is done.
+            if config.warmup:
+                await run_in_threadpool(sched.warmup)
+            state.ready = True
+            log.info(
+                "crossrank serve: %s (variant %s on %s), batching %s, ready",
+                config.model_name,
+                rr.variant,
+                ", ".join(rr.providers),
+                "on" if config.batching else "off",
+            )
+
+        warming = asyncio.create_task(warm())
         try:
             yield
         finally:
             # uvicorn has stopped accepting and let in-flight requests finish (its graceful
-            # shutdown); whatever is still queued gets the grace period, then fails with 503.
+            # shutdown; `crossrank serve` fails what is still queued after --grace with 503);
+            # whatever is left gets the grace period here.
             state.ready = False
+            warming.cancel()
             await run_in_threadpool(lambda: sched.close(drain=True, timeout=config.grace_s))
 
     app = FastAPI(
@@ -154,12 +166,12 @@ def create_app(config: ServeConfig, *, reranker: Reranker | None = None) -> Fast
         first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": "invalid"}
         if first.get("type") == "json_invalid":
             return _error_response(400, f"the body is not valid JSON: {first.get('msg')} (at {first.get('loc')[-1]})", "invalid_json")
-        field = _field_name(first.get("loc", ()))
+        field = _field_name(first.get("loc", ()), unknown=first.get("type") == "extra_forbidden")
         if first.get("type") == "missing" and field is None:
             return _error_response(400, "the body must be a JSON object", "invalid_json")
         seen: dict[str, str] = {}
         for e in errors:  # one message per field: a union reports each member it tried
-            seen.setdefault(_field_name(e.get("loc", ())) or "body", _message(e))
+            seen.setdefault(_field_name(e.get("loc", ()), unknown=e.get("type") == "extra_forbidden") or "body", _message(e))
         msg = "; ".join(f"{k}: {v}" for k, v in list(seen.items())[:5])
         return _error_response(422, msg, "validation", field)
 
@@ -179,10 +191,12 @@ def create_app(config: ServeConfig, *, reranker: Reranker | None = None) -> Fast
         key = config.api_key
         if key is None:
             return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
+        # The raw header bytes: a UTF-8 key must match what a UTF-8 client sends (Starlette decodes
+        # headers as Latin-1).
+        header = next((v for k, v in request.scope.get("headers", ()) if k == b"authorization"), b"")
+        scheme, _, token = header.strip().partition(b" ")
         # Constant-time comparison of bytes: no timing side channel on the key.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), key.encode("utf-8")):
             raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", error_type="unauthorized",
                            headers={"WWW-Authenticate": "Bearer"})
 
@@ -208,12 +222,10 @@ def create_app(config: ServeConfig, *, reranker: Reranker | None = None) -> Fast
         raw = request.headers.get(DEADLINE_HEADER)
         header_value = None
         if raw is not None:
-            try:
-                header_value = float(raw)
-            except ValueError:
-                header_value = math.nan
+            header_value = float(raw) if _DECIMAL.fullmatch(raw.strip()) else math.nan
             if not (math.isfinite(header_value) and header_value > 0):
-                raise APIError(422, f"header X-Deadline-Ms must be a number of milliseconds > 0; got {raw!r}",
+                shown = raw if len(raw) <= 40 else raw[:40] + "..."
+                raise APIError(422, f"header X-Deadline-Ms must be a number of milliseconds > 0; got {shown!r}",
                                error_type="validation", field="X-Deadline-Ms")
         given = [v for v in (body_value, header_value) if v is not None]
         return min(given) if given else None
@@ -221,8 +233,22 @@ def create_app(config: ServeConfig, *, reranker: Reranker | None = None) -> Fast
     async def score(request: Request, query: str, texts: list[str], *, name: str, **kwargs: Any) -> RerankOutcome:
         sched = scheduler()
         check_texts(query, texts, name)
+        # The deadline counts from when the request arrived, not from when its body was parsed.
+        started = request.scope.get(_T0_KEY)
+        work = asyncio.ensure_future(sched.arerank(query, texts, started_at=started, **kwargs))
+        gone = asyncio.ensure_future(_disconnected(request))
         try:
-            outcome = await sched.arerank(query, texts, **kwargs)
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            abandoned = not work.done()
+            if abandoned:  # the client went away (or the server is cancelling us): withdraw
+                work.cancel()
+            gone.cancel()
+        if abandoned or work.cancelled():
+            state.metrics.rejected.labels("client_gone").inc()
+            raise APIError(499, "the client closed the connection before the answer", error_type="client_gone")
+        try:
+            outcome = work.result()
         except QueueFullError as err:
             state.metrics.rejected.labels("queue_full").inc()
             raise APIError(429, str(err), error_type="overloaded", headers={"Retry-After": str(int(math.ceil(err.retry_after_s)))}) from err
@@ -233,7 +259,8 @@ def create_app(config: ServeConfig, *, reranker: Reranker | None = None) -> Fast
             state.metrics.rejected.labels("closed").inc()
             raise APIError(503, str(err), error_type="not_ready") from err
         except PairTooLongError as err:
-            raise APIError(422, str(err), error_type="validation", field=f"{name}[{err.index}]") from err
+            field = "query" if err.part == "query" else f"{name}[{err.index}]"
+            raise APIError(422, f"{field}: {err}", error_type="validation", field=field) from err
         except (InvalidInputError, InputTypeError) as err:
             raise APIError(422, str(err), error_type="validation") from err
         except InferenceError as err:
@@ -361,6 +388,7 @@ def create_app(config: ServeConfig, *, reranker: Reranker | None = None) -> Fast
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
+    app.openapi = _openapi_with_bodies(app, (RerankRequest, TEIRerankRequest))  # type: ignore[method-assign]
     return app
 
 
@@ -382,13 +410,20 @@ def create_app_from_env() -> FastAPI:
 async def _parse(request: Request, model: type[BaseModel]) -> Any:
     """The body as ``model``, whatever Content-Type says (``curl -d`` sends a form type; clients
     that post JSON without the header must work too). Errors go to the validation handler."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise APIError(415, f"Content-Encoding {encoding!r} is not supported; send the JSON body uncompressed", error_type="unsupported_encoding")
     raw = await request.body()
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        where = f" (line {err.lineno}, column {err.colno})" if isinstance(err, json.JSONDecodeError) else ""
-        raise APIError(400, f"the body is not valid JSON: {err.msg if isinstance(err, json.JSONDecodeError) else err}{where}",
-                       error_type="invalid_json") from err
+    except json.JSONDecodeError as err:
+        raise APIError(400, f"the body is not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})", error_type="invalid_json") from err
+    except UnicodeDecodeError as err:
+        raise APIError(400, f"the body is not valid JSON: not UTF-8/16/32 text ({err.reason})", error_type="invalid_json") from err
+    except RecursionError as err:
+        raise APIError(400, "the body is not valid JSON here: nested too deeply", error_type="invalid_json") from err
+    except ValueError as err:  # e.g. an integer of more digits than Python converts
+        raise APIError(400, f"the body is not valid JSON here: {err}", error_type="invalid_json") from err
     if not isinstance(data, dict):
         raise APIError(400, f"the body must be a JSON object, not {type(data).__name__}", error_type="invalid_json")
     try:
@@ -398,20 +433,56 @@ async def _parse(request: Request, model: type[BaseModel]) -> Any:
 
 
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI request body for routes that parse it themselves (see :func:`_parse`)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+    """OpenAPI request body for routes that parse it themselves (see :func:`_parse`); the schema
+    itself is added to the components by :func:`_openapi_with_bodies`."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
 
 
-def _field_name(loc: Sequence[Any]) -> str | None:
-    parts = [p for p in loc if p != "body"]
-    # pydantic adds the union member tried ("str", "DocumentObject") to the location: not a field.
-    parts = [p for p in parts if p not in ("str", "DocumentObject", "function-after[...]")]
+def _openapi_with_bodies(app: FastAPI, models: Sequence[type[BaseModel]]) -> Any:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                for name, sub in body.pop("$defs", {}).items():
+                    components.setdefault(name, sub)
+                components[model.__name__] = body
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
+
+
+_FIELDS = frozenset(
+    name for m in (RerankRequest, TEIRerankRequest, DocumentObject) for name in m.model_fields
+)
+
+
+def _field_name(loc: Sequence[Any], *, unknown: bool = False) -> str | None:
+    # pydantic adds the union member it tried ("str", "DocumentObject", "int", ...) to the
+    # location: keep only field names and list positions (and an unknown field's own name).
+    loc = list(loc)
+    last = loc.pop() if unknown and loc else None
+    parts = [p for p in loc if isinstance(p, int) or p in _FIELDS] + ([last] if last is not None else [])
     if not parts:
         return None
     out = str(parts[0])
     for p in parts[1:]:
         out += f"[{p}]" if isinstance(p, int) else f".{p}"
     return out
+
+
+_T0_KEY = "crossrank.t0"
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone away (the body is already read, so the next ASGI message
+    is the disconnect). uvicorn does not cancel a handler whose client left; this lets it stop."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 def _relevant(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -433,6 +504,8 @@ def _message(e: dict[str, Any]) -> str:
     loc = e.get("loc", ())
     if loc and loc[-1] in ("str", "DocumentObject"):  # a document that is neither member of the union
         return "must be a string or an object with a 'text' string"
+    if "deadline_ms" in loc:
+        return "must be a finite number of milliseconds > 0 (a JSON number, not a string or boolean)"
     if kind == "extra_forbidden":
         return "unknown field (check its spelling; see GET /docs for the accepted fields)"
     return str(e.get("msg", "invalid"))
@@ -452,6 +525,7 @@ class _AccessAndLimits:
             return
         limit = self.state.config.max_body_bytes
         t0 = time.perf_counter()
+        scope[_T0_KEY] = time.monotonic()
         path = scope.get("path", "")
         route = path if path in _ROUTES else "other"
         status_box = {"status": 500}
@@ -459,6 +533,7 @@ class _AccessAndLimits:
         async def send_wrapped(message: dict) -> None:
             if message["type"] == "http.response.start":
                 status_box["status"] = message["status"]
+                status_box["started"] = True
             await send(message)
 
         too_large = False
@@ -484,6 +559,11 @@ class _AccessAndLimits:
                 await self.app(scope, receive_limited, send_wrapped)
             except APIError as err:  # raised while the body was streamed in, before any answer
                 await _error_response(err.status, err.message, err.error_type)(scope, receive, send_wrapped)
+            except Exception as err:  # noqa: BLE001 - answered here, so the connection stays usable
+                log.exception("unexpected error on %s", path)
+                if status_box.get("started"):
+                    raise
+                await _error_response(500, f"internal error ({type(err).__name__}); see the server log", "internal")(scope, receive, send_wrapped)
         seconds = time.perf_counter() - t0
         status = status_box["status"]
         m = self.state.metrics

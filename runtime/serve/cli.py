@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import math
 import os
 import signal
+import socket
+import threading
 from typing import Any
 
 from ..errors import InvalidInputError, MissingDependencyError
@@ -66,7 +70,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         host=args.host,
         port=args.port,
         workers=workers,
-        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        api_key=args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV),
         max_documents=args.max_documents,
         max_body_bytes=args.max_body_bytes,
         max_text_chars=args.max_text_chars,
@@ -80,9 +84,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        import uvicorn  # noqa: PLC0415
-        import fastapi  # noqa: F401,PLC0415
+        import fastapi  # noqa: F401,PLC0415 - checked here so a missing extra is one clear line
         import prometheus_client  # noqa: F401,PLC0415
+        import uvicorn  # noqa: PLC0415
     except ImportError as err:
         raise MissingDependencyError(f'crossrank serve needs the serve extra: pip install "crossrank[serve]" ({err})') from err
     from ..manifest import load_manifest  # noqa: PLC0415
@@ -94,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
         host=config.host,
         port=config.port,
         access_log=False,  # crossrank.serve.access writes one JSON line per request instead
-        timeout_graceful_shutdown=int(max(1, round(config.grace_s))),
+        timeout_graceful_shutdown=int(math.ceil(config.grace_s)),
         log_level="warning",
     )
     if config.workers > 1:
@@ -103,9 +107,24 @@ def _run(args: argparse.Namespace) -> int:
         os.environ[CONFIG_ENV] = config.to_env()
         uvicorn.run("crossrank.serve.app:create_app_from_env", factory=True, workers=config.workers, **common)
         return 0
+    from ..reranker import Reranker  # noqa: PLC0415
     from .app import create_app  # noqa: PLC0415
 
-    server = uvicorn.Server(uvicorn.Config(create_app(config), **common))
+    _check_port_free(config.host, config.port)
+    # Load here, not in the app's lifespan: a bad option or folder is one line and exit 1, and
+    # the port opens only for a model that loaded.
+    rr = Reranker.load(
+        config.model_dir,
+        variant=config.variant,
+        provider=config.provider,
+        threads=config.threads,
+        max_length=config.max_length,
+        batch_tokens=config.batch_tokens,
+        max_batch_size=config.max_batch_size,
+    )
+    app = create_app(config, reranker=rr)
+    server = _make_draining_server()(uvicorn.Config(app, **{**common, "timeout_graceful_shutdown": int(math.ceil(config.grace_s)) + 5}))
+    server.crossrank_state = app.state.crossrank
     # uvicorn drains on SIGTERM (stop accepting, finish in-flight requests, then our lifespan
     # drains the queue) and afterwards re-raises the signal under the handler that was there
     # before it started. A no-op handler there makes a drained SIGTERM exit 0, as orchestrators expect.
@@ -117,4 +136,38 @@ def _run(args: argparse.Namespace) -> int:
     if not server.started:
         raise InvalidInputError(f"the service did not start on {config.host}:{config.port} (see the log above)")
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            raise InvalidInputError(f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port/--host") from err
+
+
+def _make_draining_server() -> Any:
+    import uvicorn  # noqa: PLC0415
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server, plus: at shutdown /ready turns 503 at once, and requests still queued
+        after --grace are answered 503 (JSON) instead of being cut off by uvicorn's own timeout."""
+
+        crossrank_state: Any = None
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            state = self.crossrank_state
+            if state is not None:
+                state.ready = False
+                sched = state.scheduler
+                if sched is not None:
+                    loop = asyncio.get_running_loop()
+                    loop.call_later(state.config.grace_s, lambda: threading.Thread(
+                        target=sched.close, kwargs={"drain": False}, daemon=True).start())
+            await super().shutdown(sockets)
+
+    return DrainingServer
+
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import numbers
 import os
 from dataclasses import asdict, dataclass, fields, replace
@@ -71,13 +72,20 @@ class ServeConfig:
                 _positive_int(name, getattr(self, name))
         for name in ("request_timeout_s", "grace_s"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0:
-                raise InvalidInputError(f"{name} must be a number of seconds > 0; got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (v > 0 and math.isfinite(v)):
+                raise InvalidInputError(f"{name} must be a finite number of seconds > 0; got {v!r}")
         for name in ("batching", "warmup"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidInputError(f"{name} must be True or False; got {getattr(self, name)!r}")
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()):
-            raise InvalidInputError("api_key must be a non-empty string (or None for no authentication)")
+            raise InvalidInputError(
+                "the API key is empty: give a key, or leave --api-key and $CROSSRANK_API_KEY unset to serve without one"
+            )
+        if self.max_queue_pairs < self.max_documents:
+            raise InvalidInputError(
+                f"max_queue_pairs ({self.max_queue_pairs}) is below max_documents ({self.max_documents}): an allowed "
+                "request could never be queued; raise the first or lower the second"
+            )
         if not isinstance(self.host, str) or not self.host:
             raise InvalidInputError(f"host must be an address such as 127.0.0.1; got {self.host!r}")
 

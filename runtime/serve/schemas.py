@@ -17,7 +17,12 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from typing_extensions import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+# A JSON number of milliseconds: no strings, no booleans, no Infinity/NaN (or 1e400, which is inf).
+FiniteFloat = Annotated[StrictFloat, Field(allow_inf_nan=False)]
 
 __all__ = [
     "DocumentObject",
@@ -48,7 +53,7 @@ class RerankRequest(BaseModel):
     max_tokens_per_doc: Optional[StrictInt] = Field(default=None, ge=1, description="cap on each document's tokens (cheaper)")
     model: Optional[StrictStr] = Field(default=None, description="if given, must name the served model (GET /info)")
     raw_scores: StrictBool = Field(default=False, description="relevance_score is the raw logit instead of the activated score")
-    deadline_ms: Optional[float] = Field(
+    deadline_ms: Optional[Union[StrictInt, FiniteFloat]] = Field(
         default=None,
         gt=0,
         description="latency budget in ms: answer on time with what could be scored (unscored results last, "
@@ -94,7 +99,7 @@ class TEIRerankRequest(BaseModel):
     truncation_direction: Literal["Right", "right"] = Field(
         default="Right", description="only Right: crossrank cuts the document's end, never the query"
     )
-    deadline_ms: Optional[float] = Field(default=None, gt=0)
+    deadline_ms: Optional[Union[StrictInt, FiniteFloat]] = Field(default=None, gt=0, description="as in /v1/rerank")
 
 
 class TEIRank(BaseModel):
