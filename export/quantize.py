@@ -84,6 +84,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from crossrank.atomic import mkdtemp
 from crossrank.errors import ExportError, MissingDependencyError
 
 __all__ = [
@@ -362,8 +363,9 @@ def _load(onnx: Any, path: Path) -> Any:
 
 def _save_atomic(onnx: Any, model: Any, path: Path, external: bool) -> None:
     """Write ``path`` (and its ``.data`` file) in a temporary folder beside it, then rename them into
-    place: an interrupted or failed write leaves ``path`` as it was."""
-    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    place: an interrupted or failed write leaves ``path`` as it was. The files get the modes
+    ``open`` gives under the caller's umask (:mod:`crossrank.atomic`)."""
+    stage = mkdtemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         staged = stage / path.name
         if external:

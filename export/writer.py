@@ -1,7 +1,10 @@
 """Safe writes: build the model folder beside its destination, move it into place at the end.
 
 * The folder is built in a hidden staging folder in the same parent (same filesystem, so the
-  final move is an atomic rename); scratch files live in a ``.work`` folder inside it.
+  final move is an atomic rename); scratch files live in a ``.work`` folder inside it. The
+  staging folder gets the mode ``mkdir`` would give under the caller's umask
+  (:func:`crossrank.atomic.mkdtemp`), not :mod:`tempfile`'s private 0700, so the finished folder
+  is as readable as any other the caller creates.
 * An existing destination that is not a crossrank model folder is never touched
   (:class:`OutputExistsError`), except an empty folder. A crossrank folder is replaced only with
   ``force``: the old one is renamed aside, the new one moved in, then the old one deleted (and
@@ -19,6 +22,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
+from crossrank.atomic import mkdtemp
 from crossrank.errors import ExportError, OutputExistsError
 from crossrank.manifest import MANIFEST_NAME, is_model_folder
 
@@ -69,7 +73,7 @@ class StagedFolder:
         parent = self.out.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            self.path = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.crossrank-partial-", dir=parent))
+            self.path = mkdtemp(prefix=f".{self.out.name}.crossrank-partial-", dir=parent)
         except OSError as err:
             raise ExportError(f"cannot write to {parent}: {err.strerror or err}") from err
         return self

@@ -9,7 +9,8 @@ machine): session start 0.51 s -> 0.33 s, identical logits, same run time.
 The cache key covers everything the rewritten graph depends on: the model file's recorded sha256,
 size and modification time, the onnxruntime version, the optimization level and the CPU (machine
 type and instruction-set flags: level "all" may emit CPU-specific kernels). Entries are written
-to a temporary name and renamed into place, so concurrent processes never see a partial file.
+to a temporary name (with the mode ``open`` gives under the umask, see :mod:`crossrank.atomic`)
+and renamed into place, so concurrent processes never see a partial file.
 Any failure (read-only disk, full disk, a stale or damaged entry) only logs at debug level and
 falls back to a normal start.
 
@@ -22,9 +23,10 @@ import hashlib
 import logging
 import os
 import platform
-import tempfile
 from functools import lru_cache
 from pathlib import Path
+
+from .atomic import mkstemp
 
 __all__ = ["default_cache_dir", "cache_entry", "store_path", "commit"]
 
@@ -76,9 +78,7 @@ def store_path(entry: Path) -> Path | None:
     folder cannot be created."""
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=entry.stem + ".", suffix=".partial.onnx", dir=entry.parent)
-        os.close(fd)
-        return Path(tmp)
+        return mkstemp(prefix=entry.stem + ".", suffix=".partial.onnx", dir=entry.parent)
     except OSError as err:
         log.debug("graph cache disabled for this load: cannot write to %s (%s)", entry.parent, err)
         return None
