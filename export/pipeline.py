@@ -228,7 +228,14 @@ def _run(
     from .onnx_export import check_exportable, export_fp32
     from .optimize import optimize_graph
     from .source import load_torch_model, resolve_activation, resolve_positive_label, resolve_source
-    from .tokenizer import check_tokenizer, load_hf_tokenizer, resolve_max_length, write_tokenizer
+    from .tokenizer import (
+        check_token_types,
+        check_tokenizer,
+        check_vocabulary,
+        load_hf_tokenizer,
+        resolve_max_length,
+        write_tokenizer,
+    )
     from .validate import Validator, check_thresholds
 
     folder: Path = stage.path
@@ -244,12 +251,14 @@ def _run(
     hf_tok = load_hf_tokenizer(src)
     max_len, max_len_origin = resolve_max_length(hf_tok, src, max_length)
     log.info("max_length %d (%s)", max_len, max_len_origin)
+    check_vocabulary(hf_tok, model, ident=src.id)
 
     steps("Exporting the fp32 ONNX graph (optimum)")
     fp32_path = folder / VARIANT_FILES["fp32"]
     with _step_errors("ONNX export"):
-        graph = export_fp32(model, stage.work / "optimum", fp32_path, opset=opset)
+        graph = export_fp32(model, stage.work / "optimum", fp32_path, opset=opset, max_length=max_len)
     input_names = [i.name for i in graph.inputs]
+    check_token_types(hf_tok, model, input_names, ident=src.id)
 
     steps("Writing tokenizer.json")
     tok_path = folder / "tokenizer.json"
