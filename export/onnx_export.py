@@ -4,11 +4,12 @@ optimum decides the inputs from the architecture (no ``token_type_ids`` for RoBE
 DeBERTa-v3 models); :func:`read_graph` reads back what the graph really declares and checks it is
 something the runtime can feed: ``input_ids`` + ``attention_mask`` (+ ``token_type_ids``),
 integer dtypes, dynamic batch and sequence axes, one float logits output of width ``num_labels``.
+A graph whose weights exceed protobuf's 2 GiB keeps them in ``model.onnx.data``
+(:mod:`crossrank.export.external`).
 """
 from __future__ import annotations
 
 import inspect
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from crossrank.errors import ExportError, SourceModelError
 from crossrank.manifest import InputSpec, OutputSpec
 
+from .external import adopt
 from .source import first_line
 
 __all__ = ["GraphInfo", "DummyLimits", "TASK", "check_exportable", "clamp_dummy_inputs", "dummy_limits", "export_fp32", "read_graph"]
@@ -137,12 +139,7 @@ def export_fp32(model: Any, work_dir: Path, dst: Path, *, opset: int | None, max
     produced = work_dir / "model.onnx"
     if not produced.is_file():
         raise ExportError(f"optimum's ONNX export wrote no model.onnx (found: {sorted(p.name for p in work_dir.iterdir())})")
-    extra = [p.name for p in work_dir.iterdir() if p.suffix in ("", ".data", ".onnx_data") and p.is_file()]
-    if extra:
-        raise ExportError(
-            f"the exported graph keeps its weights in external files ({', '.join(extra)}): models over 2 GB are not supported yet"
-        )
-    shutil.move(str(produced), str(dst))
+    adopt(produced, dst)  # weights over 2 GB stay in dst's side file (see crossrank.export.external)
     graph = read_graph(dst, expect_labels=getattr(model.config, "num_labels", None))
     accepted = inspect.signature(model.forward).parameters
     foreign = [i.name for i in graph.inputs if i.name not in accepted]

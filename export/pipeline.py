@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from crossrank.errors import CrossrankError, ExportError, InvalidInputError, ValidationFailedError
-from crossrank.manifest import ACTIVATIONS, MANIFEST_NAME, Manifest, VariantSpec, sha256_file
+from crossrank.manifest import ACTIVATIONS, MANIFEST_NAME, DataFileSpec, Manifest, VariantSpec, sha256_file
 
 from .source import first_line
 
@@ -225,6 +225,7 @@ def _run(
     keep_failed: bool,
     versions: dict[str, str],
 ) -> tuple[Manifest, dict[str, str]]:
+    from .external import check_data_files
     from .onnx_export import check_exportable, export_fp32
     from .optimize import optimize_graph
     from .source import load_torch_model, resolve_activation, resolve_positive_label, resolve_source
@@ -334,10 +335,13 @@ def _run(
         reasons = check_thresholds(name, figs)
         figs["passed"] = not reasons
         path = folder / VARIANT_FILES[name]
+        side_files = check_data_files(path)  # external data of a graph over 2 GB
         if reasons:
             failures[name] = ", ".join(reasons) + _figure_note(figs)
             log.warning("variant %s failed validation: %s", name, failures[name])
             if not keep_failed:
+                for side in side_files:
+                    (folder / side).unlink(missing_ok=True)
                 path.unlink(missing_ok=True)
                 continue
         variants[name] = VariantSpec(
@@ -348,6 +352,10 @@ def _run(
             providers=_PROVIDERS[name],
             settings=settings.get(name, {}),
             validation=figs,
+            data_files=tuple(
+                DataFileSpec(file=side, sha256=sha256_file(folder / side), bytes=(folder / side).stat().st_size)
+                for side in side_files
+            ),
         )
     tok_spec = dataclasses.replace(tok_spec, sha256=sha256_file(tok_path))
     source_info: dict[str, Any] = {"id": src.id, "revision": src.revision, "local": src.local}
