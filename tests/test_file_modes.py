@@ -99,12 +99,16 @@ def test_bench_outputs_get_plain_modes(umask: int, tmp_path: Path) -> None:
         assert mode(p) == 0o666 & ~umask, p.name
 
 
-def test_exported_folder_is_readable_under_the_callers_umask(tmp_path: Path) -> None:
-    """End to end, one export (umask 0o022: folder 0755, files 0644 — readable by another user)."""
-    from crossrank.export import export_model
+def test_exported_folder_is_readable_under_the_callers_umask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end, one export (umask 0o022: folder 0755, files 0644 — readable by another user).
+
+    Forced to external data: onnx writes its side files 0600 whatever the umask.
+    """
+    from crossrank.export import export_model, external
 
     src = build_tiny_model("bert", tmp_path / "src", num_labels=1)
     val = write_small_validation(tmp_path / "val.jsonl")
+    monkeypatch.setattr(external, "EXTERNAL_DATA_BYTES", 0)
     old = os.umask(0o022)
     try:
         export_model(src, tmp_path / "out", int8=True, validation=val, keep_failed=True)
@@ -114,4 +118,5 @@ def test_exported_folder_is_readable_under_the_callers_umask(tmp_path: Path) -> 
     assert mode(out) == 0o755
     files = sorted(out.iterdir())
     assert files and all(p.is_file() for p in files)
+    assert any(p.name.endswith(".onnx.data") for p in files)
     assert {p.name: mode(p) for p in files} == {p.name: 0o644 for p in files}
