@@ -24,7 +24,16 @@ from typing import Any
 
 from crossrank.errors import ExportError
 
-__all__ = ["EXTERNAL_DATA_BYTES", "data_file_name", "weight_bytes", "needs_external_data", "data_files", "save", "adopt"]
+__all__ = [
+    "EXTERNAL_DATA_BYTES",
+    "data_file_name",
+    "weight_bytes",
+    "needs_external_data",
+    "data_files",
+    "check_data_files",
+    "save",
+    "adopt",
+]
 
 log = logging.getLogger("crossrank.export")
 

@@ -159,6 +159,8 @@ def test_graph_inputs_are_what_the_manifest_says(exported) -> None:
 def test_files_match_manifest(exported) -> None:
     _, _, out, m = exported
     listed = {v.file for v in m.variants.values()} | {m.tokenizer.file, "crossrank.json"}
+    listed |= {d.file for v in m.variants.values() for d in v.data_files}  # none below 1.8 GB of weights
+    assert not any(v.data_files for v in m.variants.values())
     assert {p.name for p in out.iterdir()} == listed  # nothing else: no scratch files, no leftovers
     for v in m.variants.values():
         assert sha256_file(out / v.file) == v.sha256
