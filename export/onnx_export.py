@@ -4,11 +4,12 @@ optimum decides the inputs from the architecture (no ``token_type_ids`` for RoBE
 DeBERTa-v3 models); :func:`read_graph` reads back what the graph really declares and checks it is
 something the runtime can feed: ``input_ids`` + ``attention_mask`` (+ ``token_type_ids``),
 integer dtypes, dynamic batch and sequence axes, one float logits output of width ``num_labels``.
+A graph whose weights exceed protobuf's 2 GiB keeps them in ``model.onnx.data``
+(:mod:`crossrank.export.external`).
 """
 from __future__ import annotations
 
 import inspect
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,14 @@ from typing import Any
 from crossrank.errors import ExportError, SourceModelError
 from crossrank.manifest import InputSpec, OutputSpec
 
+from .external import adopt
 from .source import first_line
 
-__all__ = ["GraphInfo", "TASK", "check_exportable", "export_fp32", "read_graph"]
+__all__ = ["GraphInfo", "DummyLimits", "TASK", "check_exportable", "clamp_dummy_inputs", "dummy_limits", "export_fp32", "read_graph"]
 
 TASK = "text-classification"
 ALLOWED_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+DUMMY_SEQUENCE_LENGTH = 16  # optimum's default trace length
 _ONNX_INT_DTYPES = {7: "int64", 6: "int32"}
 _ONNX_FLOAT_DTYPES = {1: "float32", 10: "float16"}
 
@@ -49,11 +52,72 @@ def check_exportable(model_type: str, ident: str) -> None:
         )
 
 
-def export_fp32(model: Any, work_dir: Path, dst: Path, *, opset: int | None) -> GraphInfo:
-    """Export ``model`` with optimum into ``work_dir`` and move the graph to ``dst``."""
+@dataclass(frozen=True)
+class DummyLimits:
+    """What the model's tables can index: the trace inputs must stay inside them.
+
+    ``token_rows``: rows of the word-embedding table (``input_ids`` < this); ``type_rows``: rows of
+    the token-type table (0 or None: no table, ``token_type_ids`` all 0); ``sequence_length``:
+    tokens per dummy pair (at most the positions the model holds).
+    """
+
+    token_rows: int
+    type_rows: int | None
+    sequence_length: int
+
+
+def dummy_limits(model: Any, *, max_length: int) -> DummyLimits:
+    """The :class:`DummyLimits` of ``model`` (a PyTorch classifier) read from its tables, not its config."""
+    rows = int(model.get_input_embeddings().num_embeddings)
+    types = getattr(model.config, "type_vocab_size", None)
+    types = int(types) if isinstance(types, int) and not isinstance(types, bool) else None
+    return DummyLimits(token_rows=rows, type_rows=types, sequence_length=max(2, min(DUMMY_SEQUENCE_LENGTH, max_length)))
+
+
+def clamp_dummy_inputs(inputs: dict[str, Any], limits: DummyLimits) -> dict[str, Any]:
+    """Fold optimum's random trace inputs into the ranges the model can index (in place; returned).
+
+    optimum draws ``input_ids`` below ``config.vocab_size`` and ``token_type_ids`` from {0, 1}
+    whatever the model's tables hold, so a model with one token type (or an embedding table
+    smaller than its config says) failed to trace with "index out of range in self".
+    """
+    ids = inputs.get("input_ids")
+    if ids is not None:
+        inputs["input_ids"] = ids.remainder(limits.token_rows)
+    types = inputs.get("token_type_ids")
+    if types is not None:
+        inputs["token_type_ids"] = types.remainder(limits.type_rows) if limits.type_rows and limits.type_rows > 0 else types * 0
+    return inputs
+
+
+def _onnx_config(model: Any, limits: DummyLimits) -> Any:
+    """optimum's own ONNX config for ``model``, its dummy inputs folded into ``limits``."""
+    from optimum.exporters.tasks import TasksManager
+
+    constructor = TasksManager.get_exporter_config_constructor(
+        exporter="onnx", model=model, task=TASK, library_name="transformers"
+    )
+    config = constructor(model.config, int_dtype="int64", float_dtype="fp32")
+    generate = config.generate_dummy_inputs
+
+    def generate_within_limits(framework: str = "pt", **kwargs: Any) -> dict[str, Any]:
+        return clamp_dummy_inputs(generate(framework=framework, **kwargs), limits)
+
+    config.generate_dummy_inputs = generate_within_limits
+    return config
+
+
+def export_fp32(model: Any, work_dir: Path, dst: Path, *, opset: int | None, max_length: int = DUMMY_SEQUENCE_LENGTH) -> GraphInfo:
+    """Export ``model`` with optimum into ``work_dir`` and move the graph to ``dst``.
+
+    The trace runs on dummy inputs kept inside the model's own tables (:func:`dummy_limits`):
+    token ids below the embedding's row count, token types below the type table's, at most
+    ``max_length`` tokens (the folder's max_length, itself within the position embeddings).
+    """
     from optimum.exporters.onnx import onnx_export_from_model
 
     work_dir.mkdir(parents=True, exist_ok=True)
+    limits = dummy_limits(model, max_length=max_length)
     try:
         onnx_export_from_model(
             model,
@@ -63,6 +127,8 @@ def export_fp32(model: Any, work_dir: Path, dst: Path, *, opset: int | None) -> 
             do_validation=False,  # crossrank validates every variant itself, on real pairs
             no_post_process=True,
             device="cpu",
+            custom_onnx_configs={"model": _onnx_config(model, limits)},
+            sequence_length=limits.sequence_length,
         )
     except (KeyboardInterrupt, MemoryError):
         raise
@@ -73,12 +139,7 @@ def export_fp32(model: Any, work_dir: Path, dst: Path, *, opset: int | None) -> 
     produced = work_dir / "model.onnx"
     if not produced.is_file():
         raise ExportError(f"optimum's ONNX export wrote no model.onnx (found: {sorted(p.name for p in work_dir.iterdir())})")
-    extra = [p.name for p in work_dir.iterdir() if p.suffix in ("", ".data", ".onnx_data") and p.is_file()]
-    if extra:
-        raise ExportError(
-            f"the exported graph keeps its weights in external files ({', '.join(extra)}): models over 2 GB are not supported yet"
-        )
-    shutil.move(str(produced), str(dst))
+    adopt(produced, dst)  # weights over 2 GB stay in dst's side file (see crossrank.export.external)
     graph = read_graph(dst, expect_labels=getattr(model.config, "num_labels", None))
     accepted = inspect.signature(model.forward).parameters
     foreign = [i.name for i in graph.inputs if i.name not in accepted]

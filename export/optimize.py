@@ -13,6 +13,11 @@ is then pruned to that token (:mod:`crossrank.export.prune`; 14% fewer weight mu
 MiniLM-L6; on the real model at 50 TREC DL candidates, same batches: fp32 1,020 -> 906 ms, static
 int8 676 -> 546 ms, i.e. 1.13x and 1.24x). ``last_layer_pruned`` and ``last_layer_note`` in the
 settings say whether it was, and why not.
+
+A source graph with external data (over 2 GB) is read with it by onnxruntime's optimizer; the
+optimized graph is written the same way (``model.opt.onnx`` + ``model.opt.onnx.data``) when its
+weights still exceed :data:`crossrank.export.external.EXTERNAL_DATA_BYTES`. The side file is
+named ``<file>.data`` by onnxruntime's ``save_model_to_file``, as crossrank names every side file.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from .external import needs_external_data
 from .source import first_line
 
 __all__ = ["optimize_graph", "OPTIMIZER_MODEL_TYPE"]
@@ -79,14 +85,14 @@ def optimize_graph(src: Path, dst: Path, *, model_type: str, config: Any, prune_
         )
         stats = {k: int(v) for k, v in (model.get_fused_operator_statistics() or {}).items() if v}
         pruned, prune_note = _prune(model.model) if prune_last_layer else (False, "not requested (prune_last_layer=False)")
-        model.save_model_to_file(str(dst))
+        model.save_model_to_file(str(dst), use_external_data_format=needs_external_data(model.model))
     except (KeyboardInterrupt, MemoryError, OSError):
         raise
     except Exception as err:  # noqa: BLE001 - the fusion scripts raise assorted errors on unknown graphs
         reason = first_line(err)
         log.warning("onnxruntime's transformer fusions failed for %s (%s); using its basic graph optimizations", model_type, reason)
         model = optimize_model(str(src), opt_level=1, only_onnxruntime=True, use_gpu=False)
-        model.save_model_to_file(str(dst))
+        model.save_model_to_file(str(dst), use_external_data_format=needs_external_data(model.model))
         return {
             "optimizer": "onnxruntime (basic graph optimizations only)",
             "opt_level": 1,

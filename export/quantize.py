@@ -66,6 +66,12 @@ Source graph
     correct wherever it is copied; on this model that costs no measurable accuracy. The build
     machine's instruction set is recorded as ``isa_target`` (:func:`detect_isa`).
 
+External data
+    A source graph over 2 GB (weights in ``model.opt.onnx.data``, :mod:`crossrank.export.external`)
+    is inspected without loading its weights, calibrated and quantized from its side file; the
+    int8 graph, a quarter of the weights, is one file again unless it still exceeds
+    :data:`~crossrank.export.external.EXTERNAL_DATA_BYTES`.
+
 Calibration pairs
     :func:`load_calibration_pairs` reads JSON Lines ``{"query": ..., "document": ...}``; with no
     path it returns the built-in set ``data/calibration.jsonl`` (invented English search/RAG pairs,
@@ -84,7 +90,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from crossrank.atomic import mkdtemp
 from crossrank.errors import ExportError, MissingDependencyError
+
+from .external import data_file_name, needs_external_data
 
 __all__ = [
     "INT8_SCHEMES",
@@ -118,8 +127,6 @@ _FUSED_OPS = frozenset(
     }
 )
 _QUANTIZED_OP_TYPES = ("MatMul", "Attention")
-# Above this size the graph must keep its weights outside the protobuf (2 GiB limit).
-_EXTERNAL_DATA_BYTES = 1_800_000_000
 _INPUT_VALUES = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -239,7 +246,7 @@ def quantize_int8(
         raise ExportError("static int8 needs at least one calibration pair (got an empty list)")
     onnx, onnxruntime, quantization = _import_ort()
 
-    model = _load(onnx, src_onnx)
+    model = _load(onnx, src_onnx)  # the graph's structure only: weights stay on disk
     fused_ops = sorted({node.op_type for node in model.graph.node if node.op_type in _FUSED_OPS})
     input_types = _input_types(model)
     for name in input_names:
@@ -248,6 +255,7 @@ def quantize_int8(
     targets = _nodes_to_quantize(model)
     if not targets:
         raise ExportError(f"{src_onnx.name} has no Attention or weight MatMul to quantize")
+    use_external = needs_external_data(model)  # the source's weights need a side file: so may the scratch graph
     del model
 
     isa = detect_isa()
@@ -271,7 +279,6 @@ def quantize_int8(
         "max_length": max_length,
         "onnxruntime": onnxruntime.__version__,
     }
-    use_external = src_onnx.stat().st_size > _EXTERNAL_DATA_BYTES
     try:
         dst_onnx.parent.mkdir(parents=True, exist_ok=True)
         if scheme == "static":
@@ -324,7 +331,8 @@ def quantize_int8(
             if settings["nodes_quantized"] < len(targets):
                 logger.warning("int8: %d of %d targeted operators were left fp32 by onnxruntime's quantizer",
                                len(targets) - settings["nodes_quantized"], len(targets))
-            _save_atomic(onnx, qmodel, dst_onnx, use_external)
+            # int8 weights are a quarter of fp32's: a 2.2 GB source fits in one file again
+            _save_atomic(onnx, qmodel, dst_onnx, needs_external_data(qmodel))
     except ExportError:
         raise
     except Exception as err:  # onnxruntime/onnx raise RuntimeError, ValueError, Fail, InvalidGraph; OSError
@@ -355,21 +363,22 @@ def _first_line(err: BaseException) -> str:
 
 def _load(onnx: Any, path: Path) -> Any:
     try:
-        return onnx.load(str(path))
+        return onnx.load(str(path), load_external_data=False)
     except Exception as err:  # DecodeError, OSError, ValueError...
         raise ExportError(f"cannot read ONNX graph {path}: {_first_line(err)}") from err
 
 
 def _save_atomic(onnx: Any, model: Any, path: Path, external: bool) -> None:
     """Write ``path`` (and its ``.data`` file) in a temporary folder beside it, then rename them into
-    place: an interrupted or failed write leaves ``path`` as it was."""
-    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    place: an interrupted or failed write leaves ``path`` as it was. The files get the modes
+    ``open`` gives under the caller's umask (:mod:`crossrank.atomic`)."""
+    stage = mkdtemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         staged = stage / path.name
         if external:
-            onnx.save(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
-                      location=path.name + ".data")
-            os.replace(stage / (path.name + ".data"), path.with_name(path.name + ".data"))
+            side = data_file_name(path.name)
+            onnx.save(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True, location=side)
+            os.replace(stage / side, path.with_name(side))
         else:
             onnx.save(model, str(staged))
         os.replace(staged, path)
@@ -479,7 +488,7 @@ def _minmax(
     options.log_severity_level = 3
     with tempfile.TemporaryDirectory(prefix="crossrank-calib-") as tmp:
         path = Path(tmp) / "calibrate.onnx"
-        onnx.save(model, str(path), save_as_external_data=model.ByteSize() > _EXTERNAL_DATA_BYTES)
+        onnx.save(model, str(path), save_as_external_data=needs_external_data(model))
         del model
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         lo = {t: 0.0 for t in tensors}

@@ -18,7 +18,16 @@ from crossrank.manifest import TokenizerSpec
 
 from .source import SourceModel, first_line
 
-__all__ = ["load_hf_tokenizer", "resolve_max_length", "write_tokenizer", "check_tokenizer", "MIN_MAX_LENGTH"]
+__all__ = [
+    "load_hf_tokenizer",
+    "resolve_max_length",
+    "write_tokenizer",
+    "check_tokenizer",
+    "check_vocabulary",
+    "check_token_types",
+    "highest_token_id",
+    "MIN_MAX_LENGTH",
+]
 
 log = logging.getLogger("crossrank.export")
 
@@ -107,9 +116,11 @@ def check_tokenizer(
     from tokenizers import Tokenizer
 
     saved = Tokenizer.from_file(str(tokenizer_json))
+    untruncated = Tokenizer.from_file(str(tokenizer_json))
+    untruncated.no_truncation()  # "only_second" refuses a lone query longer than max_length
     specials = int(hf_tok.num_special_tokens_to_add(pair=True))
     fitting = [
-        (q, d) for q, d in pairs if len(saved.encode(q, add_special_tokens=False).ids) + specials + 1 <= max_length
+        (q, d) for q, d in pairs if len(untruncated.encode(q, add_special_tokens=False).ids) + specials + 1 <= max_length
     ]
     if not fitting:
         return 0
@@ -131,3 +142,59 @@ def check_tokenizer(
                     f"{next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))})"
                 )
     return len(fitting)
+
+
+def highest_token_id(hf_tok: Any) -> tuple[int, str]:
+    """(the highest id the tokenizer can emit, its token): vocabulary and added tokens alike.
+
+    A vocabulary listing a piece twice maps it to one id but still emits the other, so the id
+    count of the model is also consulted, not only the piece-to-id map.
+    """
+    backend = hf_tok.backend_tokenizer
+    vocab = backend.get_vocab(with_added_tokens=True)
+    top = max(vocab.values()) if vocab else -1
+    size = int(backend.get_vocab_size(with_added_tokens=True))
+    for i in range(size - 1, top, -1):  # ids the map lost (duplicate pieces)
+        if backend.id_to_token(i) is not None:
+            top = i
+            break
+    return top, str(backend.id_to_token(top))
+
+
+def check_vocabulary(hf_tok: Any, model: Any, *, ident: str) -> int:
+    """Refuse a tokenizer that can emit a token id the model's embedding table has no row for.
+
+    Validation pairs rarely hit the highest ids, so such a model would export "validated" and
+    then fail a whole runtime call on a text that does. Returns the table's row count; raises
+    :class:`SourceModelError` naming the id, its token and the row count.
+    """
+    rows = int(model.get_input_embeddings().num_embeddings)
+    top, token = highest_token_id(hf_tok)
+    if top >= rows:
+        raise SourceModelError(
+            f"{ident!r}: its tokenizer can emit token id {top} ({token!r}) but the model's embedding table has "
+            f"{rows} rows (ids 0-{rows - 1}); any text holding that token would fail at run time. The tokenizer and "
+            "the weights do not match: save the model with the tokenizer it was trained with, or resize its "
+            "embeddings to the tokenizer (model.resize_token_embeddings(len(tokenizer))) and fine-tune it"
+        )
+    return rows
+
+
+def check_token_types(hf_tok: Any, model: Any, input_names: Sequence[str], *, ident: str) -> None:
+    """Refuse a tokenizer whose pairs carry a token type the model's type table has no row for.
+
+    Applies only when the graph takes ``token_type_ids`` and the model has a type table
+    (``type_vocab_size`` > 0); e.g. a BERT with ``type_vocab_size=1`` whose tokenizer marks the
+    document as type 1. Raises :class:`SourceModelError` naming both numbers.
+    """
+    rows = getattr(getattr(model, "config", None), "type_vocab_size", None)
+    if "token_type_ids" not in input_names or not isinstance(rows, int) or rows <= 0:
+        return
+    enc = hf_tok.backend_tokenizer.encode("query", "document", add_special_tokens=True)
+    top = max(enc.type_ids, default=0)
+    if top >= rows:
+        raise SourceModelError(
+            f"{ident!r}: its tokenizer gives the document token type {top} but the model has type_vocab_size={rows} "
+            f"(types 0-{rows - 1}); PyTorch would fail on every pair. The tokenizer does not belong to this model: "
+            "use the tokenizer it was trained with (one whose pair template marks every token as type 0)"
+        )

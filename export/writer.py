@@ -1,7 +1,11 @@
 """Safe writes: build the model folder beside its destination, move it into place at the end.
 
 * The folder is built in a hidden staging folder in the same parent (same filesystem, so the
-  final move is an atomic rename); scratch files live in a ``.work`` folder inside it.
+  final move is an atomic rename); scratch files live in a ``.work`` folder inside it. The
+  staging folder gets the mode ``mkdir`` would give under the caller's umask
+  (:func:`crossrank.atomic.mkdtemp`), not :mod:`tempfile`'s private 0700, and every file in it
+  the mode ``open`` gives (onnx writes external data 0600), so the finished folder is as
+  readable as any other the caller creates.
 * An existing destination that is not a crossrank model folder is never touched
   (:class:`OutputExistsError`), except an empty folder. A crossrank folder is replaced only with
   ``force``: the old one is renamed aside, the new one moved in, then the old one deleted (and
@@ -19,6 +23,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
+from crossrank.atomic import apply_default_mode, mkdtemp
 from crossrank.errors import ExportError, OutputExistsError
 from crossrank.manifest import MANIFEST_NAME, is_model_folder
 
@@ -69,7 +74,7 @@ class StagedFolder:
         parent = self.out.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            self.path = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.crossrank-partial-", dir=parent))
+            self.path = mkdtemp(prefix=f".{self.out.name}.crossrank-partial-", dir=parent)
         except OSError as err:
             raise ExportError(f"cannot write to {parent}: {err.strerror or err}") from err
         return self
@@ -90,6 +95,11 @@ class StagedFolder:
         shutil.rmtree(staged / ".work", ignore_errors=True)
         if not (staged / MANIFEST_NAME).is_file():
             raise ExportError(f"internal error: the staged folder has no {MANIFEST_NAME}")
+        for item in staged.iterdir():
+            # libraries write some files private (onnx's external data: 0600); the folder's files
+            # get what open() gives under the caller's umask, like the folder itself
+            if item.is_file() and not item.is_symlink():
+                apply_default_mode(item)
         check_destination(self.out, force=self.force)  # it may have appeared while we worked
         aside: Path | None = None
         if self.out.exists():

@@ -8,6 +8,8 @@ A crossrank model folder holds::
     model.opt.onnx      ORT transformer fusions           (variant "optimized")
     model.int8.onnx     int8 for the CPU                  (variant "int8", opt-in)
     model.fp16.onnx     fp16 for CUDA                     (variant "fp16", opt-in)
+    model.onnx.data     the weights of a variant over 2 GB (ONNX external data; one per such
+                        variant, listed in its ``data_files`` with its own sha256)
 
 The export side writes a :class:`Manifest` with :meth:`Manifest.to_dict`; the runtime reads it
 with :func:`load_manifest`, which checks everything it relies on and reports every problem at
@@ -32,6 +34,7 @@ __all__ = [
     "OutputSpec",
     "TokenizerSpec",
     "VariantSpec",
+    "DataFileSpec",
     "Manifest",
     "load_manifest",
     "sha256_file",
@@ -82,6 +85,15 @@ class TokenizerSpec:
 
 
 @dataclass(frozen=True)
+class DataFileSpec:
+    """A file a variant's graph reads its weights from (ONNX external data), beside the graph."""
+
+    file: str
+    sha256: str
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
 class VariantSpec:
     """One ONNX file of the folder.
 
@@ -96,6 +108,8 @@ class VariantSpec:
     providers: tuple[str, ...] = ("cpu", "cuda")  # which execution providers it is meant for
     settings: Mapping[str, Any] = field(default_factory=dict)
     validation: Mapping[str, Any] = field(default_factory=dict)
+    # ONNX external data of a graph over 2 GB (empty: the weights are inside ``file``)
+    data_files: tuple[DataFileSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,7 +137,13 @@ class Manifest:
         d["labels"] = list(self.labels)
         d["inputs"] = [asdict(i) for i in self.inputs]
         d["variants"] = {
-            name: {**asdict(v), "providers": list(v.providers), "settings": dict(v.settings), "validation": dict(v.validation)}
+            name: {
+                **asdict(v),
+                "providers": list(v.providers),
+                "settings": dict(v.settings),
+                "validation": dict(v.validation),
+                "data_files": [asdict(d) for d in v.data_files],
+            }
             for name, v in self.variants.items()
         }
         d["source"] = dict(self.source)
@@ -172,7 +192,24 @@ def load_manifest(folder: str | Path) -> Manifest:
 
 
 def verify_file(folder: str | Path, file: str, expected_sha256: str) -> Path:
-    """Check that ``folder/file`` exists and has the recorded sha256; return its path."""
+    """Check that ``folder/file`` exists and has the recorded sha256; return its path.
+
+    When ``file`` is a variant of the folder's manifest whose weights live in external data
+    files (``data_files``), those are checked against their recorded sha256 too.
+    """
+    p = _verify_one(folder, file, expected_sha256)
+    try:
+        manifest = load_manifest(folder)
+    except ModelFolderError:
+        return p  # not a manifest's file: nothing more is recorded about it
+    for spec in manifest.variants.values():
+        if spec.file == file:
+            for data in spec.data_files:
+                _verify_one(folder, data.file, data.sha256)
+    return p
+
+
+def _verify_one(folder: str | Path, file: str, expected_sha256: str) -> Path:
     p = Path(folder) / file
     if not p.is_file():
         raise ModelFolderError(f"{p}: file named in {MANIFEST_NAME} is missing", path=p)
@@ -286,6 +323,15 @@ def _parse(data: Any, *, path: str | Path | None) -> Manifest:
                 problems.append(f"variants.{name}.precision {v['precision']!r} is not one of {PRECISIONS}")
             if "/" in v["file"] or "\\" in v["file"] or v["file"].startswith("."):
                 problems.append(f"variants.{name}.file {v['file']!r} must be a plain file name inside the folder")
+            data_files: list[DataFileSpec] = []
+            raw_data = v.get("data_files", []) or []
+            for j, d in enumerate(raw_data if isinstance(raw_data, list) else [None]):
+                if not isinstance(d, Mapping) or not isinstance(d.get("file"), str) or not isinstance(d.get("sha256"), str):
+                    problems.append(f"variants.{name}.data_files[{j}] must be an object with file and sha256")
+                    continue
+                if "/" in d["file"] or "\\" in d["file"] or d["file"].startswith("."):
+                    problems.append(f"variants.{name}.data_files[{j}].file {d['file']!r} must be a plain file name inside the folder")
+                data_files.append(DataFileSpec(file=d["file"], sha256=d["sha256"], bytes=int(d.get("bytes", 0) or 0)))
             variants[str(name)] = VariantSpec(
                 file=v["file"],
                 sha256=v["sha256"],
@@ -294,6 +340,7 @@ def _parse(data: Any, *, path: str | Path | None) -> Manifest:
                 providers=tuple(v.get("providers", ("cpu", "cuda"))),
                 settings=dict(v.get("settings", {}) or {}),
                 validation=dict(v.get("validation", {}) or {}),
+                data_files=tuple(data_files),
             )
 
     if problems:

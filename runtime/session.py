@@ -167,6 +167,7 @@ class OnnxSession:
         ort = _ort()
         self.model_path = Path(model_path)
         self.cached_graph: Path | None = None  # the optimized graph this session was started from, if any
+        self.data_files = _data_files(self.model_path, manifest)
         if provider == "cuda":
             providers: list[Any] = [(_ORT_PROVIDER["cuda"], {"device_id": options.device_id}), _ORT_PROVIDER["cpu"]]
         else:
@@ -208,7 +209,12 @@ class OnnxSession:
 
         assert options.cache_dir is not None
         entry = graph_cache.cache_entry(
-            options.cache_dir, self.model_path, sha256=sha256, level=options.graph_optimization, ort_version=ort.__version__
+            options.cache_dir,
+            self.model_path,
+            sha256=sha256,
+            level=options.graph_optimization,
+            ort_version=ort.__version__,
+            data_files=self.data_files,
         )
         if entry is None:
             return None
@@ -225,10 +231,16 @@ class OnnxSession:
             return None
         so = options.to_ort()
         so.optimized_model_filepath = str(tmp)
+        side = tmp.with_name(graph_cache.data_file_for(tmp)) if self.data_files else None
+        if side is not None:  # a graph over 2 GB: its optimized copy needs external data too
+            so.add_session_config_entry("session.optimized_model_external_initializers_file_name", side.name)
+            so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         try:
             sess = ort.InferenceSession(str(self.model_path), sess_options=so, providers=providers)
         except Exception:
             graph_cache.discard(tmp)
+            if side is not None:
+                graph_cache.discard(side)
             raise
         graph_cache.commit(tmp, entry)
         return sess
@@ -288,6 +300,20 @@ class OnnxSession:
                 f"{self.model_path.name} returned logits of shape {out.shape}; expected ({rows}, {self.num_labels})"
             )
         return out.astype(np.float32, copy=False)
+
+
+def _data_files(model_path: Path, manifest: Manifest) -> tuple[Path, ...]:
+    """The external data files the manifest lists for ``model_path``, each checked to exist."""
+    spec = next((v for v in manifest.variants.values() if v.file == model_path.name), None)
+    files = tuple(model_path.parent / d.file for d in (spec.data_files if spec is not None else ()))
+    for path in files:
+        if not path.is_file():
+            raise ModelFolderError(
+                f"{path}: file named in {MANIFEST_NAME} is missing ({model_path.name} keeps its weights in it); "
+                "copy the whole model folder, or re-export the model",
+                path=path,
+            )
+    return files
 
 
 class _FellBack(Exception):

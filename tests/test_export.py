@@ -57,6 +57,16 @@ CASES = [
         id="deberta-3-maxlen", arch="deberta-v2", num_labels=3, build=dict(id2label={0: "no", 1: "yes", 2: "maybe"}),
         export=dict(max_length=64, positive_label=1), activation="softmax", positive=1, token_types=False, max_length=64,
     ),
+    # config values optimum's dummy trace inputs used to violate (issue 8, item 3): one token type
+    # (optimum drew types from {0, 1}), fewer positions than its 16-token trace
+    dict(
+        id="bert-1-one-token-type", arch="bert", num_labels=1, build=dict(config_overrides={"type_vocab_size": 1}),
+        export=dict(int8=True, keep_failed=True), activation="sigmoid", positive=0, token_types=True,
+    ),
+    dict(
+        id="electra-1-15-positions", arch="electra", num_labels=1, build=dict(config_overrides={"max_position_embeddings": 15}),
+        export=dict(), activation="sigmoid", positive=0, token_types=True, max_length=15,
+    ),
     dict(
         id="modernbert-1", arch="modernbert", num_labels=1, build=dict(activation="sigmoid"), export=dict(),
         activation="sigmoid", positive=0, token_types=False,
@@ -149,6 +159,8 @@ def test_graph_inputs_are_what_the_manifest_says(exported) -> None:
 def test_files_match_manifest(exported) -> None:
     _, _, out, m = exported
     listed = {v.file for v in m.variants.values()} | {m.tokenizer.file, "crossrank.json"}
+    listed |= {d.file for v in m.variants.values() for d in v.data_files}  # none below 1.8 GB of weights
+    assert not any(v.data_files for v in m.variants.values())
     assert {p.name for p in out.iterdir()} == listed  # nothing else: no scratch files, no leftovers
     for v in m.variants.values():
         assert sha256_file(out / v.file) == v.sha256

@@ -121,6 +121,38 @@ def test_decoder_is_refused(root: Path) -> None:
         export_model(folder, root / "out-gpt2")
 
 
+@pytest.mark.parametrize("arch", ["bert", "xlm-roberta"])
+def test_tokenizer_ids_beyond_the_embedding_table_are_refused(root: Path, small_validation: Path, arch: str, capsys) -> None:
+    """Issue 8, item 7: a tokenizer that can emit id N over an N-row embedding is refused, both numbers named.
+
+    The built-in pairs never hit the highest id, so validation alone passed such a model.
+    """
+    rows = json.loads((build_tiny_model(arch, root / f"{arch}-sized") / "config.json").read_text())["vocab_size"]
+    folder = build_tiny_model(arch, root / f"{arch}-short-table", config_overrides={"vocab_size": rows - 1})
+    out = root / f"out-{arch}-short-table"
+    with pytest.raises(SourceModelError, match=rf"can emit token id {rows - 1} .* embedding table has {rows - 1} rows"):
+        export_model(folder, out, validation=small_validation)
+    assert nothing_left(out)
+    line = cli_error(capsys, ["export", str(folder), str(out), "--validation", str(small_validation)])
+    assert f"token id {rows - 1}" in line and f"has {rows - 1} rows" in line and "resize_token_embeddings" in line
+    assert nothing_left(out)
+
+
+def test_token_types_beyond_the_type_table_are_refused(root: Path, small_validation: Path) -> None:
+    """The same kind for token types: a BERT with one token type whose tokenizer marks documents as type 1."""
+    import transformers as tf
+
+    folder = build_tiny_model("bert", root / "bert-two-type-tokenizer")
+    config = tf.AutoConfig.from_pretrained(folder)
+    config.type_vocab_size = 1
+    model = tf.BertForSequenceClassification(config)
+    model.save_pretrained(folder, safe_serialization=True)  # the tokenizer still gives documents type 1
+    out = root / "out-bert-two-type-tokenizer"
+    with pytest.raises(SourceModelError, match=r"document token type 1 but the model has type_vocab_size=1"):
+        export_model(folder, out, validation=small_validation)
+    assert nothing_left(out)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_corrupt_weights(root: Path, tiny_bert: Path, damage: str, capsys) -> None:
     folder = root / f"corrupt-{damage}"

@@ -267,3 +267,47 @@ def test_export_cli_passes_the_pruning_choice(monkeypatch, tmp_path: Path) -> No
     monkeypatch.undo()
     with pytest.raises(InvalidInputError, match="prune_last_layer must be True or False"):
         export_model(tmp_path / "src", tmp_path / "out", prune_last_layer="no")
+
+
+# -- dummy trace inputs and token ranges (issue 8, items 3 and 7) -------------------------------
+def test_dummy_inputs_are_folded_into_the_models_tables() -> None:
+    import torch
+
+    from crossrank.export.onnx_export import DummyLimits, clamp_dummy_inputs
+
+    raw = {
+        "input_ids": torch.arange(40).reshape(2, 20),
+        "token_type_ids": torch.ones(2, 20, dtype=torch.int64),
+        "attention_mask": torch.ones(2, 20, dtype=torch.int64),
+    }
+    out = clamp_dummy_inputs(dict(raw), DummyLimits(token_rows=7, type_rows=1, sequence_length=20))
+    assert int(out["input_ids"].max()) == 6 and int(out["input_ids"].min()) == 0
+    assert int(out["token_type_ids"].max()) == 0
+    assert out["attention_mask"] is raw["attention_mask"]
+    out = clamp_dummy_inputs(dict(raw), DummyLimits(token_rows=100, type_rows=2, sequence_length=20))
+    assert torch.equal(out["input_ids"], raw["input_ids"]) and torch.equal(out["token_type_ids"], raw["token_type_ids"])
+    assert int(clamp_dummy_inputs(dict(raw), DummyLimits(100, None, 20))["token_type_ids"].max()) == 0  # no type table
+
+
+@pytest.mark.parametrize("arch", ["xlm-roberta", "deberta-v2"])
+def test_tiny_unigram_tokenizers_fit_the_embedding_they_size(arch: str) -> None:
+    """The fixtures' Unigram vocabulary listed a piece twice: ids ran one past len(tokenizer)."""
+    from tiny_models import _deberta_tokenizer, _xlmr_tokenizer
+
+    from crossrank.export.tokenizer import highest_token_id
+
+    tok = (_xlmr_tokenizer if arch == "xlm-roberta" else _deberta_tokenizer)(128)
+    top, _ = highest_token_id(tok)
+    assert top == len(tok) - 1  # the builders give the model len(tokenizer) embedding rows
+
+
+def test_highest_token_id_sees_ids_a_duplicate_piece_hides() -> None:
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.Unigram([("<unk>", 0.0), ("a", -1.0), ("b", -1.0), ("a", -2.0)], unk_id=0))
+    )
+    from crossrank.export.tokenizer import highest_token_id
+
+    assert highest_token_id(tok)[0] == 3

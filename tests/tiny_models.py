@@ -69,6 +69,11 @@ def _unigram_tokenizer(specials: list[str], unk: str):
     pieces: list[tuple[str, float]] = [(s, 0.0) for s in specials]
     pieces += [("\u2581" + w, -5.0) for w in sorted(set(_CORPUS))]
     pieces += [("\u2581", -8.0)] + [(c, -10.0) for c in _chars()] + [("\u2581" + c, -9.0) for c in _chars()]
+    # One id per piece: a piece listed twice (here "\u2581a", a word and a character) keeps its
+    # last id, so the vocabulary would count one piece fewer than the ids the model can emit and
+    # a model sized by len(tokenizer) would get one embedding row too few.
+    seen: set[str] = set()
+    pieces = [p for p in pieces if not (p[0] in seen or seen.add(p[0]))]
     tok = Tokenizer(models.Unigram(pieces, unk_id=specials.index(unk), byte_fallback=False))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
@@ -197,8 +202,14 @@ def build_tiny_model(
     model_max_length: int | None = 512,
     initializer_range: float = 0.2,
     seed: int = 0,
+    config_overrides: dict | None = None,
 ) -> Path:
     """Write a tiny random ``*ForSequenceClassification`` folder and return its path.
+
+    ``config_overrides`` are set on the model config before the weights are made, e.g.
+    ``{"type_vocab_size": 1}`` (BERT/ELECTRA: the tokenizer then gives the document token type 0
+    too, as single-segment models' tokenizers do) or ``{"vocab_size": n}`` (an embedding table of
+    ``n`` rows whatever the tokenizer holds).
 
     ``activation`` (identity/sigmoid/softmax) is stored the way sentence-transformers' CrossEncoder
     does: ``config.sentence_transformers.activation_fn`` or, with ``legacy_activation``, the older
@@ -222,6 +233,17 @@ def build_tiny_model(
         raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {ARCHS}")
 
     config, arch_name = _config(arch, len(tokenizer), tokenizer, num_labels, initializer_range)
+    for key, value in (config_overrides or {}).items():
+        setattr(config, key, value)
+    if arch in ("bert", "electra") and getattr(config, "type_vocab_size", 2) == 1:
+        from tokenizers import processors
+
+        cls, sep = tokenizer.cls_token, tokenizer.sep_token
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{cls} $A {sep}",
+            pair=f"{cls} $A {sep} $B {sep}",  # every token of type 0
+            special_tokens=[(cls, tokenizer.cls_token_id), (sep, tokenizer.sep_token_id)],
+        )
     if id2label is not None:
         config.id2label = {int(k): v for k, v in id2label.items()}
         config.label2id = {v: int(k) for k, v in id2label.items()}

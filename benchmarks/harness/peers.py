@@ -20,13 +20,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from crossrank.atomic import mkdtemp
 from crossrank.errors import BenchmarkError, MissingDependencyError
 
 log = logging.getLogger("crossrank.bench.peers")
@@ -129,7 +129,7 @@ def prepare_peer_models(hf_model: str | os.PathLike, *, isa_flags: Sequence[str]
     from sentence_transformers.backend import export_dynamic_quantized_onnx_model  # noqa: PLC0415
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    tmp = mkdtemp(prefix=out.name + ".", dir=out.parent)  # mkdir's mode under the umask, not 0700
     try:
         model = CrossEncoder(str(src), backend="onnx")  # exports through optimum
         model.save_pretrained(str(tmp))
