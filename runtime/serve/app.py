@@ -101,18 +101,7 @@ def create_app(config: ServeConfig, *, reranker: Reranker | None = None) -> Fast
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rr = reranker
         if rr is None:
-            rr = await run_in_threadpool(
-                lambda: Reranker.load(
-                    config.model_dir,
-                    variant=config.variant,
-                    provider=config.provider,
-                    threads=config.threads,
-                    max_length=config.max_length,
-                    batch_tokens=config.batch_tokens,
-                    max_batch_size=config.max_batch_size,
-                    **({} if config.cache_dir is None else {"cache_dir": config.cache_dir}),
-                )
-            )
+            rr = await run_in_threadpool(config.load_reranker)
         sched = Scheduler(
             rr,
             max_queue_pairs=config.max_queue_pairs,

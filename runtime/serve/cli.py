@@ -107,21 +107,12 @@ def _run(args: argparse.Namespace) -> int:
         os.environ[CONFIG_ENV] = config.to_env()
         uvicorn.run("crossrank.serve.app:create_app_from_env", factory=True, workers=config.workers, **common)
         return 0
-    from ..reranker import Reranker  # noqa: PLC0415
     from .app import create_app  # noqa: PLC0415
 
     _check_port_free(config.host, config.port)
     # Load here, not in the app's lifespan: a bad option or folder is one line and exit 1, and
     # the port opens only for a model that loaded.
-    rr = Reranker.load(
-        config.model_dir,
-        variant=config.variant,
-        provider=config.provider,
-        threads=config.threads,
-        max_length=config.max_length,
-        batch_tokens=config.batch_tokens,
-        max_batch_size=config.max_batch_size,
-    )
+    rr = config.load_reranker()
     app = create_app(config, reranker=rr)
     server = _make_draining_server()(uvicorn.Config(app, **{**common, "timeout_graceful_shutdown": int(math.ceil(config.grace_s)) + 5}))
     server.crossrank_state = app.state.crossrank

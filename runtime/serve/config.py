@@ -94,6 +94,21 @@ class ServeConfig:
         """The name clients see and may send as ``model``: ``served_model_name`` or the folder's name."""
         return self.served_model_name or Path(self.model_dir).resolve().name
 
+    def load_reranker(self) -> Any:
+        """The :class:`crossrank.Reranker` these settings describe (its errors as ``Reranker.load``'s)."""
+        from ..reranker import Reranker  # noqa: PLC0415
+
+        return Reranker.load(
+            self.model_dir,
+            variant=self.variant,
+            provider=self.provider,
+            threads=self.threads,
+            max_length=self.max_length,
+            batch_tokens=self.batch_tokens,
+            max_batch_size=self.max_batch_size,
+            **({} if self.cache_dir is None else {"cache_dir": self.cache_dir}),
+        )
+
     def with_(self, **changes: Any) -> "ServeConfig":
         return replace(self, **changes)
 
