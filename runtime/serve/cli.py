@@ -42,6 +42,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--request-timeout", type=float, default=30.0, metavar="S", help="seconds before 504 for requests without a deadline")
     p.add_argument("--batching", choices=("on", "off"), default="on", type=str.lower,
                    help="off: one request per inference run, in arrival order (a baseline; default on)")
+    p.add_argument("--spinning", choices=("on", "off"), default="off", type=str.lower,
+                   help="let idle onnxruntime threads spin for work (default off: the event loop and tokenization share the cores)")
     p.add_argument("--grace", type=float, default=30.0, metavar="S", help="on SIGTERM, seconds for queued requests to finish (default 30)")
     p.add_argument("--no-warmup", action="store_true", help="report ready without the warm-up runs")
     p.set_defaults(func=_run)
@@ -78,6 +80,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         batching=args.batching == "on",
         grace_s=args.grace,
         warmup=not args.no_warmup,
+        spinning=args.spinning == "on",
         **extra,
     )
 

@@ -56,6 +56,9 @@ class ServeConfig:
     grace_s: float = 30.0
     warmup: bool = True
     cache_dir: str | None = None
+    # onnxruntime's idle worker threads spin for new work by default (lowest latency for a lone
+    # process); in a service they would burn the cores the event loop and tokenization need.
+    spinning: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_dir, (str, os.PathLike)) or not str(self.model_dir):
@@ -74,7 +77,7 @@ class ServeConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (v > 0 and math.isfinite(v)):
                 raise InvalidInputError(f"{name} must be a finite number of seconds > 0; got {v!r}")
-        for name in ("batching", "warmup"):
+        for name in ("batching", "warmup", "spinning"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidInputError(f"{name} must be True or False; got {getattr(self, name)!r}")
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()):
@@ -106,6 +109,7 @@ class ServeConfig:
             max_length=self.max_length,
             batch_tokens=self.batch_tokens,
             max_batch_size=self.max_batch_size,
+            spinning=self.spinning,
             **({} if self.cache_dir is None else {"cache_dir": self.cache_dir}),
         )
 
