@@ -543,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         init: dict[str, Any] = {"address": args.address or os.environ["RAY_ADDRESS"], "log_to_driver": False}
     else:
         init = {"num_cpus": args.num_cpus, "include_dashboard": False, "log_to_driver": False}
+    started_here = not ray.is_initialized()
     try:
         summary = run(args.inputs, model=args.model, out=args.out, actors=args.actors, threads=args.threads, variant=args.variant,
                       provider=args.provider, raw=args.raw, fmt=args.format, shard_pairs=args.shard_pairs,
@@ -552,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
-        if ray.is_initialized():
+        if started_here and ray.is_initialized():
             ray.shutdown()
     print(json.dumps(summary))
     if summary["failed"]:

@@ -55,7 +55,7 @@ from ..errors import InvalidInputError
 from ..serve.config import API_KEY_ENV, ServeConfig
 from ..serve.metrics import ServiceMetrics
 
-__all__ = ["app", "build", "RayServeArgs", "CrossrankDeployment"]
+__all__ = ["app", "build", "RayServeArgs", "CrossrankDeployment", "health_problem"]
 
 # The ServeConfig fields that make sense under Ray (host/port/workers belong to Ray's proxy).
 _CONFIG_FIELDS = (
@@ -249,18 +249,23 @@ class CrossrankDeployment:
         return app
 
     def check_health(self) -> None:
-        state = self._state
-        if state is None or state.scheduler is None:
-            raise RuntimeError("crossrank: the app has not started its scheduler")
-        sched = state.scheduler
-        worker = getattr(sched, "_thread", None)
-        if worker is None or not worker.is_alive():
-            raise RuntimeError("crossrank: the scheduler's worker thread is not running")
-        m = self._metrics
-        if m is not None and sched.queued_pairs and time.monotonic() - m.last_progress > self._stall_s:
-            raise RuntimeError(
-                f"crossrank: {sched.queued_pairs} pairs queued and no run finished for {self._stall_s:.0f} s (stuck session)"
-            )
+        problem = health_problem(self._state, self._metrics, self._stall_s)
+        if problem:
+            raise RuntimeError(f"crossrank: {problem}")
+
+
+def health_problem(state: Any, metrics: Optional[_RayServiceMetrics], stall_s: float) -> Optional[str]:
+    """Why a replica is unhealthy (None when it is healthy): no scheduler, its worker thread gone
+    (closed or crashed), or pairs queued with no run finished for ``stall_s`` seconds."""
+    if state is None or getattr(state, "scheduler", None) is None:
+        return "the app has not started its scheduler"
+    sched = state.scheduler
+    worker = getattr(sched, "_thread", None)
+    if worker is None or not worker.is_alive():
+        return "the scheduler's worker thread is not running"
+    if metrics is not None and sched.queued_pairs and time.monotonic() - metrics.last_progress > stall_s:
+        return f"{sched.queued_pairs} pairs queued and no run finished for {stall_s:.0f} s (stuck session)"
+    return None
 
 
 def build(args: Union[Dict[str, Any], RayServeArgs]) -> Any:
