@@ -78,6 +78,23 @@ def test_serve_args_are_validated_before_deploying(tiny_bert_folder):
         app({"model": str(tiny_bert_folder / "nowhere")})
 
 
+def test_the_kuberay_manifest_holds_a_valid_serve_config():
+    yaml = pytest.importorskip("yaml", reason="PyYAML (a Ray dependency) reads the manifest")
+    from ray.serve.schema import ServeDeploySchema
+
+    import crossrank.ray
+
+    manifest = yaml.safe_load((Path(crossrank.ray.__file__).parent / "deploy" / "rayservice.yaml").read_text())
+    assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayService")
+    pins = (Path(__file__).resolve().parents[1] / ".ci" / "constraints.txt").read_text().splitlines()
+    assert f"ray=={manifest['spec']['rayClusterConfig']['rayVersion']}" in pins  # the version CI proves
+    config = ServeDeploySchema.model_validate(yaml.safe_load(manifest["spec"]["serveConfigV2"]))
+    [application] = config.applications
+    assert application.import_path == "crossrank.ray.serve:app"
+    args = RayServeArgs.model_validate(application.args)
+    assert args.autoscaling_config() == {"min_replicas": 2, "max_replicas": 16, "target_ongoing_requests": 4.0}
+
+
 def test_health_problem_follows_the_scheduler_state(tiny_bert_folder):
     from types import SimpleNamespace
 

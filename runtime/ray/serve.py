@@ -79,7 +79,8 @@ class RayServeArgs(BaseModel):
 
     The rest are ``crossrank serve``'s settings (:class:`crossrank.serve.ServeConfig`):
     ``variant``, ``provider``, ``max_length``, ``batch_tokens``, ``max_batch_size``,
-    ``served_model_name``, ``api_key`` (default ``$CROSSRANK_API_KEY`` on the driver),
+    ``served_model_name``, ``api_key`` (default: ``$CROSSRANK_API_KEY`` in the replica's environment,
+    which keeps the key out of Ray's stored config),
     ``max_documents``, ``max_body_bytes``, ``max_text_chars``, ``max_queue_pairs``,
     ``request_timeout_s``, ``batching``, ``grace_s``, ``warmup``, ``cache_dir``.
     """
@@ -149,8 +150,6 @@ class RayServeArgs(BaseModel):
         values = {k: getattr(self, k) for k in _CONFIG_FIELDS}
         if values["max_queue_pairs"] is None:
             del values["max_queue_pairs"]
-        if values["api_key"] is None and os.environ.get(API_KEY_ENV):
-            values["api_key"] = os.environ[API_KEY_ENV]
         # An absolute path: replicas do not start in the driver's working directory.
         return ServeConfig(model_dir=str(Path(self.model).expanduser().resolve()), **values)
 
@@ -218,6 +217,10 @@ class CrossrankDeployment:
     def __init__(self, config: Dict[str, Any], threads: int = 1, spinning: bool = False, stall_s: float = 60.0) -> None:
         from ..reranker import Reranker  # noqa: PLC0415
 
+        if config.get("api_key") is None and os.environ.get(API_KEY_ENV):
+            # From the replica's own environment (a Kubernetes Secret, runtime_env): the key then
+            # never enters Ray's stored application config.
+            config = dict(config, api_key=os.environ[API_KEY_ENV])
         self._config = ServeConfig(**config)
         self._stall_s = float(stall_s)
         c = self._config
