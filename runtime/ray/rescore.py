@@ -6,8 +6,9 @@ Input: JSONL (``.jsonl``, ``.json``: one object per line, blank lines skipped) o
 (``.parquet``, ``.pq``) files whose rows have ``query`` and ``document`` strings and optionally an
 ``id`` (any JSON value / Parquet type).
 
-Output, under ``--out``, per *shard* (at most ``--shard-pairs`` rows of one input file, default
-50,000: JSONL by line ranges, Parquet by whole row groups):
+Output, under ``--out``, per *shard* of one input file (``--shard-pairs`` rows, default 10,000,
+a few minutes of one 1-thread actor: JSONL by line ranges, exactly; Parquet by whole row groups,
+so a shard closes at the first row-group boundary at or past it):
 
 * ``<input name>.<shard:05d>.scored.jsonl`` (or ``.parquet``; by default the input's format): one
   row per scored pair, in input order: ``{"id", "row", "score", "truncated"}`` - ``id`` as given
@@ -64,7 +65,7 @@ __all__ = ["Shard", "plan", "run", "main", "ShardScorer"]
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet", ".pq")
-DEFAULT_SHARD_PAIRS = 50_000
+DEFAULT_SHARD_PAIRS = 10_000
 DEFAULT_CHUNK_PAIRS = 2_048
 _BLOCK = 8 << 20
 
