@@ -72,6 +72,8 @@ def test_serve_args_are_validated_before_deploying(tiny_bert_folder):
     assert RayServeArgs.model_validate({"model": "m", "num_replicas": "auto"}).autoscaling_config()["max_replicas"] == 8
     with pytest.raises(ValueError, match="not both"):
         RayServeArgs.model_validate({"model": "m", "num_replicas": 2, "max_replicas": 4})
+    with pytest.raises(ValueError, match="must be >= min_replicas"):
+        RayServeArgs.model_validate({"model": "m", "min_replicas": 4, "max_replicas": 2})
     with pytest.raises(ValueError, match="top_k"):  # a misspelt argument is refused, not ignored
         RayServeArgs.model_validate({"model": "m", "top_k": 3})
     with pytest.raises(Exception, match="does not exist"):

@@ -51,7 +51,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.serve import metrics as ray_metrics
 
-from ..errors import InvalidInputError
 from ..serve.config import API_KEY_ENV, ServeConfig
 from ..serve.metrics import ServiceMetrics
 
@@ -121,6 +120,8 @@ class RayServeArgs(BaseModel):
             raise ValueError(f"num_replicas must be >= 1 or 'auto'; got {self.num_replicas}")
         if isinstance(self.num_replicas, int) and self.autoscaling:
             raise ValueError("give either num_replicas=N (fixed) or min/max_replicas, target_ongoing_requests (autoscaling), not both")
+        if self.min_replicas is not None and self.max_replicas is not None and self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})")
         return self
 
     @property
@@ -134,8 +135,6 @@ class RayServeArgs(BaseModel):
             return None
         lo = 1 if self.min_replicas is None else self.min_replicas
         hi = max(8, lo) if self.max_replicas is None else self.max_replicas
-        if hi < lo:
-            raise InvalidInputError(f"max_replicas ({hi}) must be >= min_replicas ({lo})")
         out: Dict[str, Any] = {
             "min_replicas": lo,
             "max_replicas": hi,
