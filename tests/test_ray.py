@@ -255,3 +255,15 @@ def test_rescore_reports_a_bad_shard_and_finishes_the_others(local_ray, tiny_ber
     [failed] = summary["failed"]
     assert failed["shard"] == "bad.jsonl.00000" and "bad.jsonl:2" in failed["error"] and "'document' must be a string" in failed["error"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.jsonl.00000.done.json", "good.jsonl.00000.scored.jsonl"]
+
+
+def test_a_shard_whose_input_changes_after_planning_is_not_recorded(tiny_bert_folder, tmp_path):
+    src = tmp_path / "p.jsonl"
+    src.write_text("".join(json.dumps({"query": "q", "document": f"d {i}"}) + "\n" for i in range(10)))
+    [shard] = rescore.plan([src], 100)
+    src.write_text("".join(json.dumps({"query": "q", "document": f"e {i}"}) + "\n" for i in range(10)))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(rescore.ShardError, match="changed while the job ran"):
+        rescore.score_shard(Reranker.load(tiny_bert_folder), shard, out, "jsonl", {}, chunk_pairs=4, raw=False)
+    assert list(out.iterdir()) == []  # neither output nor manifest, not even a temporary file

@@ -238,8 +238,10 @@ def _iter_rows(shard: Shard) -> Iterator[tuple[int, Any, Any, Any]]:
         with open(shard.input, "rb") as f:
             f.seek(shard.byte_start)
             row = shard.first_row
+            h = hashlib.sha256()
             for _ in range(shard.rows):
                 line = f.readline()
+                h.update(line)
                 if line.strip():
                     try:
                         obj = json.loads(line)
@@ -249,6 +251,8 @@ def _iter_rows(shard: Shard) -> Iterator[tuple[int, Any, Any, Any]]:
                         raise ShardError(f"{shard.input}:{row + 1}: not a JSON object")
                     yield row, obj.get("id"), obj.get("query"), obj.get("document")
                 row += 1
+        if h.hexdigest() != shard.input_sha256:  # the manifest must describe what was scored
+            raise ShardError(f"{shard.input}: lines {shard.first_row + 1}-{shard.first_row + shard.rows} changed while the job ran; rerun")
         return
     import pyarrow.parquet as pq  # noqa: PLC0415
 
