@@ -11,11 +11,14 @@ Policy (the same one the scheduler applies to deadline requests):
   ``max_batch_size`` pairs **and** its cost estimate still ends before the deadline. When not even
   the next pair fits, scoring stops: nothing is started that the estimate says would overrun.
 * **Cost model.** :class:`crossrank.costmodel.CostModel` (seconds = overhead + slope x padded
-  tokens, least squares over the last 64 runs), one per Reranker, fed by *every* run of that
-  Reranker (budgeted or not) except the session's first (one-off allocations). Until it holds two
-  runs it is not trusted with a batch: a budgeted call then runs one pair per batch, each
-  measured, so calibration happens on the call's own first pairs (``Reranker.calibrate()`` does
-  it ahead of time).
+  tokens, least squares over the last 64 runs), one per Reranker (``rr.cost``), fed by *every*
+  run of that Reranker (budgeted or not) except the session's first (one-off allocations), so it
+  follows the machine's current speed. It is calibrated at first use: the first ``budget_ms``
+  call of a Reranker whose model holds fewer than two runs first runs ``Reranker.calibrate()``
+  (a short and a full-budget run, twice) *before* its clock starts, so that call alone takes
+  longer than its budget; call ``rr.calibrate()`` after loading to keep that out of every
+  request. Should the model still hold fewer than two runs, batches hold one pair each (each
+  measured) until it does.
 * **Answer.** Scored candidates ranked by score (ties by input position), then the unscored
   ones in their given order with ``scored=False`` and a NaN score. A chunked document whose
   first windows were scored but not all of them counts as scored: its score aggregates the
@@ -23,10 +26,14 @@ Policy (the same one the scheduler applies to deadline requests):
 * **Degrading.** Candidates are dropped from the tail; documents are not shortened on their own.
   The caller's lever is ``max_tokens_per_doc`` (shorter pairs: more candidates per ms).
 * **Tolerance.** The call returns within ``B + max(TOLERANCE_MS, TOLERANCE_FRACTION x B)``
-  milliseconds when the cost model's estimate of the last run is that close: the clock starts
-  when the call starts (argument checks and tokenization count), the overrun is the last run's
-  estimation error plus ranking (well under a millisecond). Tested with a session that sleeps a
-  fixed time per padded token (tests/test_budget.py).
+  milliseconds of *its own* time: the clock starts when the call starts (argument checks and
+  tokenization count); the overrun is the last run's estimation error, the tokenization of one
+  slice, and ranking (well under a millisecond). Tested over many calls with a session that
+  sleeps a fixed time per padded token (tests/test_budget.py). Time the calling thread spends
+  runnable but waiting for a CPU that other processes hold is outside any policy (on the shared
+  2-core test machine 5 ms of work took up to 160 ms of wall time); the test reads it from
+  ``/proc/self/task/<tid>/schedstat`` and allows it on top, and the bench reports plain p99
+  wall-clock latency against B.
 """
 from __future__ import annotations
 
@@ -41,7 +48,7 @@ from .errors import InvalidInputError
 
 __all__ = ["TOLERANCE_MS", "TOLERANCE_FRACTION", "ENCODE_SLICE", "check_budget_ms", "tolerance_ms", "next_batch_end", "calibrated"]
 
-TOLERANCE_MS = 5.0
+TOLERANCE_MS = 10.0  # absolute part: a busy machine deschedules a thread for milliseconds
 TOLERANCE_FRACTION = 0.10
 # Documents tokenized at a time under a budget (~0.4 ms each for TREC DL passages on 2 busy cores).
 ENCODE_SLICE = 4

@@ -22,7 +22,7 @@ import numpy as np
 
 from .activation import apply_activation
 from .batching import plan_batches, pad_batch, pad_rows
-from .budget import ENCODE_SLICE, check_budget_ms, next_batch_end
+from .budget import ENCODE_SLICE, calibrated, check_budget_ms, next_batch_end
 from .chunking import LongDocOptions, Unit, aggregate as aggregate_windows, plan_units
 from .costmodel import CostModel
 from .errors import InputTypeError, InvalidInputError, ModelFolderError
@@ -516,6 +516,9 @@ class Reranker:
             shapes = [b.shape for b in batches]
             unit_q, unit_d = enc.query_cut, enc.doc_cut
         else:
+            if not calibrated(self.cost):  # calibrated at first use, before this call's clock starts
+                self.calibrate()
+                t0 = time.monotonic()
             units, unread, logits, unit_q, unit_d, shapes = self._score_in_order(query, docs, opts, enc_kw, deadline=t0 + budget_ms / 1000.0)
         unit_scores = self._activate(logits, raw) if len(logits) else np.empty(0, dtype=np.float32)
         return self._documents_info(docs, units, unread, unit_scores, unit_q, unit_d, shapes, opts)
@@ -534,13 +537,16 @@ class Reranker:
         out: list[np.ndarray] = []
         shapes: list[tuple[int, int]] = []
         next_doc, done = 0, 0
+        slice_s = 0.0  # how long the last slice took to tokenize
         while True:
-            # Tokenize ahead, in order, only as far as one more run can reach.
+            # Tokenize ahead, in order, only as far as one more run can reach, and only while a
+            # slice and one pair still fit before the deadline.
             while next_doc < len(docs) and (
                 len(units) - done < self.max_batch_size and sum(lengths[done:]) < self.batch_tokens
             ):
                 shortest = min(lengths[done:], default=1)
-                if time.monotonic() + self.cost.estimate(shortest) > deadline:
+                t_slice = time.monotonic()
+                if t_slice + slice_s + self.cost.estimate(shortest) > deadline:
                     break
                 sl = docs[next_doc : next_doc + (1 if opts.mode == "chunk" else ENCODE_SLICE)]
                 u, ur = plan_units(self._encoder, query, sl, opts, first_doc=next_doc)
@@ -552,6 +558,7 @@ class Reranker:
                 qcut.append(enc.query_cut)
                 dcut.append(enc.doc_cut)
                 next_doc += len(sl)
+                slice_s = time.monotonic() - t_slice
             if done >= len(units):
                 break
             end = next_batch_end(
