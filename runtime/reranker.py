@@ -441,7 +441,7 @@ class Reranker:
         """Feed the cost model (:attr:`cost`) a short and a full-budget run ``rounds`` times, so
         that a first ``budget_ms`` call does not calibrate on its own pairs."""
         _check_positive_int("rounds", rounds)
-        filler = "calibrate the reranker cost model " * 64
+        filler = " ".join(["a"] * (self.max_length // 2))  # about half of max_length tokens: fits, nothing cut
         n = max(1, min(self.max_batch_size, 8))
         for _ in range(rounds):
             self._score_pairs([("calibrate", "a short candidate")], raw=True)
