@@ -206,3 +206,12 @@ def test_next_batch_end_stops_before_a_run_that_would_overrun() -> None:
     assert next_batch_end(lengths, 0, batch_tokens=512, max_batch_size=64, cost=cost, now=0.0, deadline=0.005) == 0
     assert next_batch_end(lengths, 0, batch_tokens=512, max_batch_size=2, cost=cost, now=0.0, deadline=10) == 2
     assert next_batch_end(lengths, 0, batch_tokens=100, max_batch_size=64, cost=cost, now=0.0, deadline=10) == 3  # 4 x 50 > 100 tokens
+
+
+def test_bench_orders_for_budget_and_top_k() -> None:
+    from crossrank.bench.budget_quality import _order_scores, _topk_scores
+    from crossrank.bench.metrics import rank_order
+
+    assert list(rank_order(_order_scores([2, 0, 1, 3], 4))) == [2, 0, 1, 3]
+    full = np.array([0.1, 0.9, 0.5, 0.99, 0.2])
+    assert list(rank_order(_topk_scores(full, 3))) == [1, 2, 0, 3, 4]  # only the top 3 reranked, the rest in BM25 order

@@ -273,3 +273,20 @@ def test_the_best_passage_holds_the_planted_answer(real_model_folder: Path, data
         a, b = best.passage
         assert ANSWER in doc[a:b], (frac, doc[a:b])
         assert best.windows > 10 and not best.doc_cut
+
+
+def test_rerank_cli_prints_the_passage_in_chunk_mode(tiny_bert_folder: Path, monkeypatch, capsys) -> None:
+    import io
+    import json
+    import sys
+
+    from crossrank.cli import main
+
+    doc = _long(300, 8)
+    stdin = io.TextIOWrapper(io.BytesIO((json.dumps({"text": doc}) + "\n" + json.dumps({"text": SHORT[0]}) + "\n").encode()), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert main(["rerank", str(tiny_bert_folder), "-q", QUERY, "--max-length", "64", "--long-documents", "chunk", "--aggregate", "first"]) == 0
+    rows = {r["index"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rows[1]["passage"] == [0, len(SHORT[0])] and rows[1]["windows"] == 1
+    a, b = rows[0]["passage"]
+    assert a == 0 and 0 < b < len(doc) and rows[0]["windows"] > 1
