@@ -460,7 +460,12 @@ class Reranker:
             self.cost.observe(int(ids.size) if ids is not None else len(logits), dt)
         return logits
 
-    def _feeds(self, parts: Sequence[tuple[Any, Any]]) -> dict[str, np.ndarray]:
+    def _feeds(self, enc: Any, batch: Any) -> dict[str, np.ndarray]:
+        sess = self._session
+        return pad_batch(enc, batch, input_names=sess.input_names, input_dtypes=sess.input_dtypes, pad_token_id=self.manifest.tokenizer.pad_token_id)
+
+    def _feeds_rows(self, parts: Sequence[tuple[Any, Any]]) -> dict[str, np.ndarray]:
+        """Feeds of rows drawn from several encodings (a budgeted call tokenizes in slices)."""
         sess = self._session
         return pad_rows(parts, input_names=sess.input_names, input_dtypes=sess.input_dtypes, pad_token_id=self.manifest.tokenizer.pad_token_id)
 
@@ -478,7 +483,7 @@ class Reranker:
         batches = plan_batches(enc.lengths, batch_tokens=self.batch_tokens, max_batch_size=self.max_batch_size)
         logits = np.empty((len(pairs), m.num_labels), dtype=np.float32)
         for b in batches:
-            logits[b.rows] = self._run_feeds(self._feeds([(enc, b.rows)]))
+            logits[b.rows] = self._run_feeds(self._feeds(enc, b))
         scores = self._activate(logits, raw)
         info = ScoreInfo(
             truncated=enc.truncated,
@@ -512,7 +517,7 @@ class Reranker:
             batches = plan_batches(enc.lengths, batch_tokens=self.batch_tokens, max_batch_size=self.max_batch_size)
             logits = np.empty((len(units), num_labels), dtype=np.float32)
             for b in batches:
-                logits[b.rows] = self._run_feeds(self._feeds([(enc, b.rows)]))
+                logits[b.rows] = self._run_feeds(self._feeds(enc, b))
             shapes = [b.shape for b in batches]
             unit_q, unit_d = enc.query_cut, enc.doc_cut
         else:
@@ -568,7 +573,7 @@ class Reranker:
             if end == done:
                 break
             rows = [(enc, np.arange(max(done, first), min(end, first + len(enc))) - first) for enc, first in parts if first < end and first + len(enc) > done]
-            feeds = self._feeds(rows)
+            feeds = self._feeds_rows(rows)
             out.append(self._run_feeds(feeds))
             shapes.append((end - done, int(feeds["input_ids"].shape[1]) if "input_ids" in feeds else 0))
             done = end
