@@ -15,6 +15,9 @@ U+FFFD). Lines end at ``\\n``, ``\\r\\n`` or a lone ``\\r``, as in text mode.
 object per line is written, best first:
 ``{"rank", "index", "score", "text", "truncated", "query_cut", "doc_cut"}`` where ``truncated``
 says the pair lost tokens to ``max_length``, ``query_cut`` / ``doc_cut`` which part lost them.
+With ``--long-documents chunk`` each line adds ``passage`` (``[start_char, end_char]`` of the
+window that decided the score) and ``windows``; with ``--budget-ms B`` it adds ``scored`` (an
+unscored document's ``score`` is null).
 Output is UTF-8 JSON; text the input held that UTF-8 cannot carry (a lone surrogate from a
 ``"\\ud800"`` escape) is written as U+FFFD (:mod:`crossrank.textio`), so everything scored is printed.
 """
@@ -57,6 +60,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--threads", metavar="N", type=int, help="onnxruntime intra-op threads (default: one per core)")
     p.add_argument("--max-length", metavar="N", type=int, help="tokens per pair (default and maximum: the folder's)")
     p.add_argument("--raw", action="store_true", help="print (and rank by) raw logits instead of activated scores")
+    p.add_argument("--long-documents", metavar="{truncate,chunk}", default="truncate",
+                   help="chunk: score a long document as overlapping windows and print its deciding passage (default truncate)")
+    p.add_argument("--max-chunks-per-doc", metavar="N", type=int, help="chunk: windows per document, the first ones (default 8)")
+    p.add_argument("--chunk-overlap", metavar="N", type=int, help="chunk: tokens shared by consecutive windows (default 32)")
+    p.add_argument("--aggregate", metavar="{max,first,mean,top2_mean}", help="chunk: how windows make a score (default max)")
+    p.add_argument("--max-tokens-per-doc", metavar="N", type=int, help="at most N document tokens per pair")
+    p.add_argument("--budget-ms", metavar="B", type=float,
+                   help="score in the given order within B ms; the rest follow unscored (score null, scored false)")
     p.set_defaults(func=_run)
 
 
@@ -85,7 +96,12 @@ def _run(args: argparse.Namespace) -> int:
     rr = Reranker.load(
         args.folder, variant=args.variant, provider=args.provider, threads=args.threads, max_length=args.max_length
     )
-    results = rr.rerank(args.query, docs, top_k=args.top_k, raw=args.raw)
+    results = rr.rerank(
+        args.query, docs, top_k=args.top_k, raw=args.raw, long_documents=args.long_documents,
+        max_chunks_per_doc=args.max_chunks_per_doc, chunk_overlap=args.chunk_overlap, aggregate=args.aggregate,
+        max_tokens_per_doc=args.max_tokens_per_doc, budget_ms=args.budget_ms,
+    )
+    chunked = args.long_documents.strip().casefold() == "chunk"
     out = sys.stdout
     for rank, r in enumerate(results, start=1):
         row = {
@@ -97,6 +113,13 @@ def _run(args: argparse.Namespace) -> int:
             "query_cut": r.query_cut,
             "doc_cut": r.doc_cut,
         }
+        if chunked:
+            row["passage"] = list(r.passage) if r.passage is not None else None
+            row["windows"] = r.windows
+        if args.budget_ms is not None:
+            row["scored"] = r.scored
+            if not r.scored:
+                row["score"] = None
         write_text(dumps(row) + "\n", out)
     out.flush()
     return 0

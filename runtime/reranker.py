@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import numbers
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence, overload
@@ -19,7 +21,10 @@ from typing import Any, Iterable, Literal, Sequence, overload
 import numpy as np
 
 from .activation import apply_activation
-from .batching import plan_batches, pad_batch
+from .batching import plan_batches, pad_batch, pad_rows
+from .budget import ENCODE_SLICE, calibrated, check_budget_ms, next_batch_end
+from .chunking import LongDocOptions, Unit, aggregate as aggregate_windows, plan_units
+from .costmodel import CostModel
 from .errors import InputTypeError, InvalidInputError, ModelFolderError
 from .manifest import Manifest, load_manifest, verify_file
 from .choices import canonical_choice
@@ -76,7 +81,9 @@ class Result:
     truncated: bool = False  # the pair lost tokens: its query, its document or both were cut (below)
     scored: bool = True  # False: left unscored by a deadline (score is NaN, ranked after every scored one)
     query_cut: bool = False  # the query lost tokens (the pair overflowed max_length)
-    doc_cut: bool = False  # the document lost tokens
+    doc_cut: bool = False  # the document lost tokens (chunked: some of its text was not in a scored window)
+    passage: tuple[int, int] | None = None  # long_documents="chunk": (start_char, end_char) of the deciding window
+    windows: int = 1  # pairs (windows) scored for this document; 0 when unscored
 
 
 @dataclass(frozen=True)
@@ -88,12 +95,22 @@ class ScoreInfo:
     batch_shapes: tuple[tuple[int, int], ...]  # (batch size, padded length) of each ORT run, in run order
     query_cut: np.ndarray | None = None  # bool per pair, input order: the query lost tokens
     doc_cut: np.ndarray | None = None  # bool per pair, input order: the document lost tokens
+    scored: np.ndarray | None = None  # bool per document: scored (False: left out by budget_ms)
+    passages: tuple[tuple[int, int] | None, ...] | None = None  # per document (chunk mode): deciding window's characters
+    windows: np.ndarray | None = None  # int per document: pairs (windows) scored for it
 
     def __post_init__(self) -> None:
+        n = len(self.truncated)
         if self.query_cut is None:
-            object.__setattr__(self, "query_cut", np.zeros(len(self.truncated), dtype=bool))
+            object.__setattr__(self, "query_cut", np.zeros(n, dtype=bool))
         if self.doc_cut is None:
             object.__setattr__(self, "doc_cut", np.asarray(self.truncated, dtype=bool).copy())
+        if self.scored is None:
+            object.__setattr__(self, "scored", np.ones(n, dtype=bool))
+        if self.passages is None:
+            object.__setattr__(self, "passages", (None,) * n)
+        if self.windows is None:
+            object.__setattr__(self, "windows", np.ones(n, dtype=np.int64))
 
     @property
     def num_truncated(self) -> int:
@@ -126,6 +143,11 @@ class Reranker:
         self._encoder = encoder
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
+        # What one run costs on this machine (crossrank.costmodel), fed by every run but the
+        # session's first; budget_ms sizes its runs with it.
+        self.cost = CostModel()
+        self._warm = False
+        self._warm_lock = threading.Lock()
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
@@ -293,22 +315,61 @@ class Reranker:
 
     # -- scoring ---------------------------------------------------------------------------------
     @overload
-    def score(self, query: str, documents: Iterable[str], *, raw: bool = ..., return_info: Literal[False] = ...) -> np.ndarray: ...
+    def score(
+        self, query: str, documents: Iterable[str], *, raw: bool = ..., return_info: Literal[False] = ..., **options: Any
+    ) -> np.ndarray: ...
     @overload
     def score(
-        self, query: str, documents: Iterable[str], *, raw: bool = ..., return_info: Literal[True]
+        self, query: str, documents: Iterable[str], *, raw: bool = ..., return_info: Literal[True], **options: Any
     ) -> tuple[np.ndarray, ScoreInfo]: ...
 
-    def score(self, query: str, documents: Iterable[str], *, raw: bool = False, return_info: bool = False) -> Any:
+    def score(
+        self,
+        query: str,
+        documents: Iterable[str],
+        *,
+        raw: bool = False,
+        return_info: bool = False,
+        long_documents: str = "truncate",
+        max_chunks_per_doc: int | None = None,
+        chunk_overlap: int | None = None,
+        aggregate: str | None = None,
+        max_tokens_per_doc: int | None = None,
+        budget_ms: float | None = None,
+    ) -> Any:
         """Scores of ``documents`` for ``query``, float32, in input order.
 
         ``raw=True`` returns the positive label's logit instead of the activated score.
-        ``return_info=True`` returns ``(scores, ScoreInfo)`` with per-pair truncation flags and the
-        batch shapes that were run.
+        ``return_info=True`` returns ``(scores, ScoreInfo)`` with per-document truncation flags,
+        the batch shapes that were run, and (chunk mode) each document's deciding passage.
+
+        Long documents and budgets (keyword-only; see :mod:`crossrank.chunking` and
+        :mod:`crossrank.budget`):
+            long_documents: ``"truncate"`` (default: a document is cut to what its pair leaves)
+                or ``"chunk"`` (a longer document is scored as overlapping token windows).
+            max_chunks_per_doc: chunk mode, windows kept per document, the first ones (default 8).
+            chunk_overlap: chunk mode, tokens shared by consecutive windows (default 32, at most
+                half a window is used).
+            aggregate: chunk mode, ``"max"`` (default), ``"first"``, ``"mean"`` or ``"top2_mean"``
+                of the windows' scores.
+            max_tokens_per_doc: at most this many document tokens per pair (cuts earlier; in
+                chunk mode, the window size).
+            budget_ms: score in the given order within this many milliseconds; candidates left
+                over get a NaN score (``ScoreInfo.scored`` False).
+
+        Raises:
+            InputTypeError: a non-str query or document.
+            InvalidInputError: an option out of range (the message names it).
         """
+        t0 = time.monotonic()
         _check_query(query)
         docs = _check_documents(documents)
-        scores, info = self._score_pairs([(query, d) for d in docs], raw=_check_flag("raw", raw))
+        raw = _check_flag("raw", raw)
+        opts = LongDocOptions.from_call(
+            long_documents=long_documents, max_chunks_per_doc=max_chunks_per_doc, chunk_overlap=chunk_overlap,
+            aggregate=aggregate, max_tokens_per_doc=max_tokens_per_doc,
+        )
+        scores, info = self._score_documents(query, docs, raw=raw, opts=opts, budget_ms=check_budget_ms(budget_ms), t0=t0)
         return (scores, info) if return_info else scores
 
     def score_pairs(self, pairs: Iterable[Sequence[str]], *, raw: bool = False, return_info: bool = False) -> Any:
@@ -317,16 +378,39 @@ class Reranker:
         scores, info = self._score_pairs(checked, raw=_check_flag("raw", raw))
         return (scores, info) if return_info else scores
 
-    def rerank(self, query: str, documents: Iterable[str], *, top_k: int | None = None, raw: bool = False) -> list[Result]:
+    def rerank(
+        self,
+        query: str,
+        documents: Iterable[str],
+        *,
+        top_k: int | None = None,
+        raw: bool = False,
+        long_documents: str = "truncate",
+        max_chunks_per_doc: int | None = None,
+        chunk_overlap: int | None = None,
+        aggregate: str | None = None,
+        max_tokens_per_doc: int | None = None,
+        budget_ms: float | None = None,
+    ) -> list[Result]:
         """``documents`` ranked best first (ties by input position), at most ``top_k`` of them.
 
         Each :class:`Result` carries the document's input ``index``, its ``score`` (the raw logit
-        with ``raw=True``, and then ranked by it) and whether the pair was ``truncated``.
+        with ``raw=True``, and then ranked by it), whether the pair was ``truncated``, and with
+        ``long_documents="chunk"`` the ``passage`` (character span) of the window that decided
+        its score. The long-document and ``budget_ms`` options are those of :meth:`score`; under
+        a budget, documents left unscored follow the scored ones in their given order with
+        ``scored=False`` and a NaN score.
         """
+        t0 = time.monotonic()
         _check_query(query)
         docs = _check_documents(documents)
         k = _check_top_k(top_k)
-        scores, info = self._score_pairs([(query, d) for d in docs], raw=_check_flag("raw", raw))
+        raw = _check_flag("raw", raw)
+        opts = LongDocOptions.from_call(
+            long_documents=long_documents, max_chunks_per_doc=max_chunks_per_doc, chunk_overlap=chunk_overlap,
+            aggregate=aggregate, max_tokens_per_doc=max_tokens_per_doc,
+        )
+        scores, info = self._score_documents(query, docs, raw=raw, opts=opts, budget_ms=check_budget_ms(budget_ms), t0=t0)
         return _rank(docs, scores, info, k)
 
     def rerank_many(
@@ -353,20 +437,54 @@ class Reranker:
             start = end
         return out
 
+    def calibrate(self, *, rounds: int = 2) -> None:
+        """Feed the cost model (:attr:`cost`) a short and a full-budget run ``rounds`` times, so
+        that a first ``budget_ms`` call does not calibrate on its own pairs."""
+        _check_positive_int("rounds", rounds)
+        filler = " ".join(["a"] * (self.max_length // 2))  # about half of max_length tokens: fits, nothing cut
+        n = max(1, min(self.max_batch_size, 8))
+        for _ in range(rounds):
+            self._score_pairs([("calibrate", "a short candidate")], raw=True)
+            self._score_pairs([("calibrate", filler)] * n, raw=True)
+
     # -- the one inference path ------------------------------------------------------------------
-    def _score_pairs(self, pairs: Sequence[tuple[str, str]], *, raw: bool) -> tuple[np.ndarray, ScoreInfo]:
+    def _run_feeds(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One onnxruntime run, timed into the cost model (except the session's first run)."""
+        t = time.perf_counter()
+        logits = self._session.run(feeds)
+        dt = time.perf_counter() - t
+        with self._warm_lock:
+            warm, self._warm = self._warm, True
+        if warm:
+            ids = feeds.get("input_ids")
+            self.cost.observe(int(ids.size) if ids is not None else len(logits), dt)
+        return logits
+
+    def _feeds(self, enc: Any, batch: Any) -> dict[str, np.ndarray]:
+        sess = self._session
+        return pad_batch(enc, batch, input_names=sess.input_names, input_dtypes=sess.input_dtypes, pad_token_id=self.manifest.tokenizer.pad_token_id)
+
+    def _feeds_rows(self, parts: Sequence[tuple[Any, Any]]) -> dict[str, np.ndarray]:
+        """Feeds of rows drawn from several encodings (a budgeted call tokenizes in slices)."""
+        sess = self._session
+        return pad_rows(parts, input_names=sess.input_names, input_dtypes=sess.input_dtypes, pad_token_id=self.manifest.tokenizer.pad_token_id)
+
+    def _activate(self, logits: np.ndarray, raw: bool) -> np.ndarray:
         m = self.manifest
-        enc = self._encoder.encode(pairs)
+        if raw:
+            return np.ascontiguousarray(logits[:, m.positive_label], dtype=np.float32)
+        return apply_activation(logits, m.activation, m.positive_label)
+
+    def _score_pairs(
+        self, pairs: Sequence[tuple[str, str]], *, raw: bool, max_doc_tokens: int | None = None
+    ) -> tuple[np.ndarray, ScoreInfo]:
+        m = self.manifest
+        enc = self._encoder.encode(pairs) if max_doc_tokens is None else self._encoder.encode(pairs, max_doc_tokens=max_doc_tokens)
         batches = plan_batches(enc.lengths, batch_tokens=self.batch_tokens, max_batch_size=self.max_batch_size)
         logits = np.empty((len(pairs), m.num_labels), dtype=np.float32)
-        sess = self._session
         for b in batches:
-            feeds = pad_batch(enc, b, input_names=sess.input_names, input_dtypes=sess.input_dtypes, pad_token_id=m.tokenizer.pad_token_id)
-            logits[b.rows] = sess.run(feeds)
-        if raw:
-            scores = np.ascontiguousarray(logits[:, m.positive_label], dtype=np.float32)
-        else:
-            scores = apply_activation(logits, m.activation, m.positive_label)
+            logits[b.rows] = self._run_feeds(self._feeds(enc, b))
+        scores = self._activate(logits, raw)
         info = ScoreInfo(
             truncated=enc.truncated,
             query_truncated=enc.query_truncated,
@@ -374,11 +492,143 @@ class Reranker:
             query_cut=enc.query_cut,
             doc_cut=enc.doc_cut,
         )
+        self._log_truncation(info, len(pairs))
+        return scores, info
+
+    def _log_truncation(self, info: ScoreInfo, pairs: int) -> None:
         if info.num_truncated:
             log.info(
                 "%d of %d pairs were longer than max_length=%d tokens and were truncated (%d documents, %d queries cut)",
-                info.num_truncated, len(pairs), self.max_length, int(np.sum(info.doc_cut)), int(np.sum(info.query_cut)),
+                info.num_truncated, pairs, self.max_length, int(np.sum(info.doc_cut)), int(np.sum(info.query_cut)),
             )
+
+    def _score_documents(
+        self, query: str, docs: tuple[str, ...], *, raw: bool, opts: LongDocOptions, budget_ms: float | None, t0: float
+    ) -> tuple[np.ndarray, ScoreInfo]:
+        """Scores per document for one query: truncated pairs, or windows aggregated, all of them
+        or as many as ``budget_ms`` allows (caller's order)."""
+        if budget_ms is None and opts.mode == "truncate":
+            return self._score_pairs([(query, d) for d in docs], raw=raw, max_doc_tokens=opts.max_tokens_per_doc)
+        enc_kw = {} if opts.max_tokens_per_doc is None else {"max_doc_tokens": opts.max_tokens_per_doc}
+        num_labels = self.manifest.num_labels
+        if budget_ms is None:
+            units, unread = plan_units(self._encoder, query, docs, opts)
+            enc = self._encoder.encode([(query, u.text) for u in units], **enc_kw)
+            batches = plan_batches(enc.lengths, batch_tokens=self.batch_tokens, max_batch_size=self.max_batch_size)
+            logits = np.empty((len(units), num_labels), dtype=np.float32)
+            for b in batches:
+                logits[b.rows] = self._run_feeds(self._feeds(enc, b))
+            shapes = [b.shape for b in batches]
+            unit_q, unit_d = enc.query_cut, enc.doc_cut
+        else:
+            if not calibrated(self.cost):  # calibrated at first use, before this call's clock starts
+                self.calibrate()
+                t0 = time.monotonic()
+            units, unread, logits, unit_q, unit_d, shapes = self._score_in_order(query, docs, opts, enc_kw, deadline=t0 + budget_ms / 1000.0)
+        unit_scores = self._activate(logits, raw) if len(logits) else np.empty(0, dtype=np.float32)
+        return self._documents_info(docs, units, unread, unit_scores, unit_q, unit_d, shapes, opts)
+
+    def _score_in_order(
+        self, query: str, docs: tuple[str, ...], opts: LongDocOptions, enc_kw: dict[str, Any], *, deadline: float
+    ) -> tuple[list[Unit], np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int]]]:
+        """Score units in the caller's order until the next run would overrun ``deadline``
+        (monotonic seconds); see :mod:`crossrank.budget`. Returns only the scored units' rows."""
+        units: list[Unit] = []
+        unread = np.zeros(len(docs), dtype=bool)
+        parts: list[tuple[Any, int]] = []  # (Encoded, index of its first unit)
+        lengths: list[int] = []
+        qcut: list[np.ndarray] = []
+        dcut: list[np.ndarray] = []
+        out: list[np.ndarray] = []
+        shapes: list[tuple[int, int]] = []
+        next_doc, done = 0, 0
+        slice_s = 0.0  # how long the last slice took to tokenize
+        while True:
+            # Tokenize ahead, in order, only as far as one more run can reach, and only while a
+            # slice and one pair still fit before the deadline.
+            while next_doc < len(docs) and (
+                len(units) - done < self.max_batch_size and sum(lengths[done:]) < self.batch_tokens
+            ):
+                shortest = min(lengths[done:], default=1)
+                t_slice = time.monotonic()
+                if t_slice + slice_s + self.cost.estimate(shortest) > deadline:
+                    break
+                sl = docs[next_doc : next_doc + (1 if opts.mode == "chunk" else ENCODE_SLICE)]
+                u, ur = plan_units(self._encoder, query, sl, opts, first_doc=next_doc)
+                enc = self._encoder.encode([(query, x.text) for x in u], **enc_kw)
+                unread[next_doc : next_doc + len(sl)] = ur
+                parts.append((enc, len(units)))
+                units.extend(u)
+                lengths.extend(int(x) for x in enc.lengths)
+                qcut.append(enc.query_cut)
+                dcut.append(enc.doc_cut)
+                next_doc += len(sl)
+                slice_s = time.monotonic() - t_slice
+            if done >= len(units):
+                break
+            end = next_batch_end(
+                np.asarray(lengths, dtype=np.int64), done, batch_tokens=self.batch_tokens, max_batch_size=self.max_batch_size,
+                cost=self.cost, now=time.monotonic(), deadline=deadline,
+            )
+            if end == done:
+                break
+            rows = [(enc, np.arange(max(done, first), min(end, first + len(enc))) - first) for enc, first in parts if first < end and first + len(enc) > done]
+            feeds = self._feeds_rows(rows)
+            out.append(self._run_feeds(feeds))
+            shapes.append((end - done, int(feeds["input_ids"].shape[1]) if "input_ids" in feeds else 0))
+            done = end
+        logits = np.concatenate(out) if out else np.empty((0, self.manifest.num_labels), dtype=np.float32)
+        unit_q = np.concatenate(qcut)[:done] if qcut else np.zeros(0, dtype=bool)
+        unit_d = np.concatenate(dcut)[:done] if dcut else np.zeros(0, dtype=bool)
+        return units, unread, logits, unit_q, unit_d, shapes
+
+    def _documents_info(
+        self,
+        docs: tuple[str, ...],
+        units: list[Unit],
+        unread: np.ndarray,
+        unit_scores: np.ndarray,
+        unit_q: np.ndarray,
+        unit_d: np.ndarray,
+        shapes: list[tuple[int, int]],
+        opts: LongDocOptions,
+    ) -> tuple[np.ndarray, ScoreInfo]:
+        """Aggregate unit scores (the first ``len(unit_scores)`` units were scored) per document."""
+        n = len(docs)
+        scores = np.full(n, np.nan, dtype=np.float32)
+        scored = np.zeros(n, dtype=bool)
+        windows = np.zeros(n, dtype=np.int64)
+        qc = np.zeros(n, dtype=bool)
+        dc = np.zeros(n, dtype=bool)
+        passages: list[tuple[int, int] | None] = [None] * n
+        ns = len(unit_scores)
+        i = 0
+        while i < len(units):  # units are grouped by document, in document order
+            d = units[i].doc
+            j = i
+            while j < len(units) and units[j].doc == d:
+                j += 1
+            got = min(j, ns) - i
+            if got > 0:
+                value, k = aggregate_windows(unit_scores[i : i + got], opts.aggregate)
+                scores[d], scored[d], windows[d] = value, True, got
+                qc[d] = bool(unit_q[i : i + got].any())
+                dc[d] = bool(unread[d] or unit_d[i : i + got].any() or got < j - i)
+                if opts.mode == "chunk":
+                    span = units[i + k].span
+                    passages[d] = span if span is not None else (0, len(docs[d]))
+            i = j
+        info = ScoreInfo(
+            truncated=qc | dc,
+            query_truncated=int(qc.any()),
+            batch_shapes=tuple(shapes),
+            query_cut=qc,
+            doc_cut=dc,
+            scored=scored,
+            passages=tuple(passages),
+            windows=windows,
+        )
+        self._log_truncation(info, n)
         return scores, info
 
 
@@ -461,20 +711,31 @@ def _check_top_k(top_k: Any) -> int | None:
 
 
 def _rank(docs: Sequence[str], scores: np.ndarray, info: ScoreInfo, k: int | None, *, offset: int = 0) -> list[Result]:
-    # Best first; equal scores keep input order (lexsort: last key is primary).
-    order = np.lexsort((np.arange(len(docs)), -scores.astype(np.float64)))
+    # Best first; equal scores keep input order (lexsort: last key is primary). Documents a
+    # budget left unscored follow, in their given order.
+    n = len(docs)
+    scored = np.asarray(info.scored[offset : offset + n], dtype=bool) if info.scored is not None else np.ones(n, dtype=bool)
+    idx = np.arange(n)
+    if scored.all():
+        order = np.lexsort((idx, -scores.astype(np.float64)))
+    else:
+        sc = idx[scored]
+        order = np.concatenate([sc[np.lexsort((sc, -scores[sc].astype(np.float64)))], idx[~scored]]).astype(np.int64)
     if k is not None:
         order = order[:k]
     qcut, dcut = info.query_cut, info.doc_cut
-    assert qcut is not None and dcut is not None  # filled by ScoreInfo.__post_init__
+    assert qcut is not None and dcut is not None and info.passages is not None and info.windows is not None
     return [
         Result(
             index=int(i),
             score=float(scores[i]),
             document=docs[i],
             truncated=bool(qcut[offset + i] or dcut[offset + i]),
+            scored=bool(scored[i]),
             query_cut=bool(qcut[offset + i]),
             doc_cut=bool(dcut[offset + i]),
+            passage=info.passages[offset + i],
+            windows=int(info.windows[offset + i]),
         )
         for i in order
     ]

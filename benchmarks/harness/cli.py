@@ -113,6 +113,10 @@ def register(subparsers: Any) -> None:
                    help="budgets file (default: the one packaged with crossrank.bench)")
     p.add_argument("--record-profile", default=None, metavar="NAME",
                    help="write OUT/budgets.json: the budgets file plus this run's figures as profile NAME")
+    p.add_argument("--quality-at-budget", action="store_true",
+                   help="instead of the latency study: nDCG@10 on TREC DL 2020 (BM25 top-100) against each --budget-ms "
+                   "(default 25,50,100,200,400,700,1000) for budget_ms reranking vs reranking the top-k by count, with p99 "
+                   "latency; writes OUT/quality_at_budget.md/.json/.png (--quality-queries subsamples)")
     p.add_argument("--smoke", action="store_true", help="few rounds, small counts, short sets (CI)")
     p.add_argument("--hf-model", type=Path, default=None, metavar="PATH",
                    help="source Hugging Face folder for the peers and the PyTorch reference (default: the manifest's source)")
@@ -196,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
     if not (args.model_dir / "crossrank.json").is_file():
         raise BenchmarkError(f"{args.model_dir} is not a crossrank model folder (no crossrank.json); "
                              "make one with `crossrank export SOURCE DIR --int8`")
+    if getattr(args, "quality_at_budget", False):
+        return _run_quality_at_budget(args)
     cfg = build_config(args)
     # Read the budgets file and the tolerances before the long run: a typo fails in a second.
     budgets = B.load_budgets(args.budgets) if (args.check or args.record_profile or args.budgets) else None
@@ -221,4 +227,25 @@ def run(args: argparse.Namespace) -> int:
     if gate_result is not None:
         print(gate_result.report(), file=sys.stderr)
         gate_result.raise_on_failure()
+    return 0
+
+
+def _run_quality_at_budget(args: argparse.Namespace) -> int:
+    from .budget_quality import DEFAULT_BUDGETS_MS, run_quality_at_budget, table, write_quality_at_budget  # noqa: PLC0415
+
+    progress = _Progress()
+    try:
+        res = run_quality_at_budget(
+            args.model_dir,
+            budgets_ms=args.budget_ms or DEFAULT_BUDGETS_MS,
+            queries=args.quality_queries or (3 if args.smoke else None),
+            latency_queries=2 if args.smoke else 18,
+            variant=(args.variants or ("auto",))[0],
+            data_dir=args.data,
+            progress=progress,
+        )
+    finally:
+        progress.done()
+    write_quality_at_budget(res, args.out)
+    sys.stdout.write(table(res))
     return 0
