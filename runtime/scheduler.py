@@ -374,7 +374,7 @@ class Scheduler:
         order = range(n if k is None else min(n, k))
         nope = np.zeros(n, dtype=bool)
         return RerankOutcome(
-            results=[Result(index=i, score=float("nan"), document=docs[i], scored=False) for i in order],
+            results=[Result(index=i, score=float("nan"), document=docs[i], scored=False, windows=0) for i in order],
             scores=np.full(n, np.nan, dtype=np.float32),
             scored=nope,
             truncated=nope.copy(),
@@ -547,6 +547,7 @@ class Scheduler:
                 scored=bool(scored[i]),
                 query_cut=bool(enc.query_cut[i]),
                 doc_cut=bool(enc.doc_cut[i]),
+                windows=int(scored[i]),  # one truncated pair per scored document, none for the rest
             )
             for i in order
         ]

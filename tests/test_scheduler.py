@@ -115,6 +115,8 @@ def test_deadline_gives_an_on_time_partial_answer_in_first_stage_order(real_rr):
     tail = [r for r in out.results if not r.scored]
     assert [r.index for r in tail] == list(range(n_scored, len(docs)))
     assert all(np.isnan(r.score) for r in tail)
+    # windows counts the pairs scored per document, as Reranker.rerank's results do: none for the tail.
+    assert all(r.windows == 1 for r in head) and all(r.windows == 0 for r in tail)
     assert [r.score for r in head] == sorted((r.score for r in head), reverse=True)
     assert out.results[: len(head)] == head
     np.testing.assert_array_equal(out.scores[:n_scored], real_rr.score(QUERY, docs[:n_scored]))
@@ -142,6 +144,7 @@ def test_deadline_is_kept_while_a_huge_request_is_still_tokenizing(real_rr):
         out, elapsed, small, t_small = asyncio.run(main())
     assert elapsed < 0.100 + 0.5, f"answered after {elapsed:.3f}s"
     assert out.partial and len(out.results) == len(huge)
+    assert all(r.windows == int(r.scored) for r in out.results)
     assert [r.index for r in out.results if not r.scored] == sorted(r.index for r in out.results if not r.scored)
     assert np.array_equal(small.scores, real_rr.score(QUERY, DOCS)) and t_small < 2.0
 

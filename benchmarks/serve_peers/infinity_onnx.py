@@ -26,6 +26,7 @@ The folder is built in a temporary sibling and renamed into place.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    # mkdtemp makes 0700; give the folder what mkdir would (this venv has no crossrank.atomic).
+    umask = os.umask(0o022)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
     try:
         for p in src.iterdir():
             if p.is_file() and p.suffix in (".json", ".txt", ".model") and p.name != "model.safetensors.index.json":

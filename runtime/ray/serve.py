@@ -214,27 +214,15 @@ class CrossrankDeployment:
     """One replica: one Reranker (sha256-verified on load), the crossrank app around it."""
 
     def __init__(self, config: Dict[str, Any], threads: int = 1, spinning: bool = False, stall_s: float = 60.0) -> None:
-        from ..reranker import Reranker  # noqa: PLC0415
-
         if config.get("api_key") is None and os.environ.get(API_KEY_ENV):
             # From the replica's own environment (a Kubernetes Secret, runtime_env): the key then
             # never enters Ray's stored application config.
             config = dict(config, api_key=os.environ[API_KEY_ENV])
-        self._config = ServeConfig(**config)
+        # The replica's own threads/spinning replace the config's (replicas share a node's cores);
+        # then one load path with `crossrank serve` (ServeConfig.load_reranker, sha256-verified).
+        self._config = ServeConfig(**config).with_(threads=threads, spinning=spinning)
         self._stall_s = float(stall_s)
-        c = self._config
-        self._reranker = Reranker.load(
-            c.model_dir,
-            variant=c.variant,
-            provider=c.provider,
-            threads=threads,
-            max_length=c.max_length,
-            batch_tokens=c.batch_tokens,
-            max_batch_size=c.max_batch_size,
-            verify=True,
-            spinning=spinning,
-            **({} if c.cache_dir is None else {"cache_dir": c.cache_dir}),
-        )
+        self._reranker = self._config.load_reranker()
         self._state: Any = None
         self._metrics: _RayServiceMetrics | None = None
 
