@@ -2,6 +2,12 @@
 
 The runtime needs only onnxruntime, tokenizers and numpy; it never imports torch, transformers
 or optimum. The exporter lives in :mod:`crossrank.export` (``pip install "crossrank[export]"``).
+
+What a runtime user needs is importable from here (``__all__``): :class:`Reranker` and what its
+calls return (:class:`Result`, :class:`ScoreInfo`), :class:`Scheduler` (several callers sharing one
+Reranker, as ``crossrank serve`` does; imported on first use, so ``import crossrank`` stays lean),
+the model folder's manifest (:func:`load_manifest`, :func:`resolve_variant`), and every error of
+:mod:`crossrank.errors`.
 """
 from ._version import __version__
 from .activation import apply_activation
@@ -27,7 +33,7 @@ from .errors import (
     ValidationFailedError,
     VariantNotFoundError,
 )
-from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, load_manifest
+from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, load_manifest, resolve_variant
 from .reranker import Reranker, Result, ScoreInfo
 
 __all__ = [
@@ -35,8 +41,10 @@ __all__ = [
     "Reranker",
     "Result",
     "ScoreInfo",
+    "Scheduler",
     "apply_activation",
     "load_manifest",
+    "resolve_variant",
     "Manifest",
     "MANIFEST_NAME",
     "SCHEMA_VERSION",
@@ -61,3 +69,12 @@ __all__ = [
     "BenchmarkError",
     "RegressionError",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The scheduler pulls in asyncio and a thread pool: loaded when first asked for (PEP 562).
+    if name == "Scheduler":
+        from .scheduler import Scheduler  # noqa: PLC0415
+
+        return Scheduler
+    raise AttributeError(f"module 'crossrank' has no attribute {name!r}")

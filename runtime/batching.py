@@ -13,10 +13,31 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import InvalidInputError
+from .checks import positive_int
 from .tokenize import Encoded
 
-__all__ = ["Batch", "plan_batches", "pad_batch", "pad_rows"]
+__all__ = ["Batch", "BatchingOptions", "plan_batches", "pad_batch", "pad_rows"]
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    """How pairs are cut into onnxruntime runs, checked on construction.
+
+    Fields (defaults: :data:`crossrank.reranker.DEFAULT_BATCHING` per provider):
+        batch_tokens: padded-token budget of one run (batch size x padded length).
+        max_batch_size: most pairs per run.
+
+    Raises:
+        InvalidInputError: a field that is not an int >= 1 (``np.int64`` is one; ``True`` is
+            not), naming it.
+    """
+
+    batch_tokens: int
+    max_batch_size: int
+
+    def __post_init__(self) -> None:
+        for name in ("batch_tokens", "max_batch_size"):
+            object.__setattr__(self, name, positive_int(name, getattr(self, name)))  # stored as a plain int
 
 
 @dataclass(frozen=True)
@@ -33,10 +54,8 @@ class Batch:
 
 def plan_batches(lengths: Sequence[int] | np.ndarray, *, batch_tokens: int, max_batch_size: int) -> list[Batch]:
     """Cut pairs of the given token ``lengths`` into batches (see the module docstring)."""
-    if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int) or batch_tokens < 1:
-        raise InvalidInputError(f"batch_tokens must be a positive int, got {batch_tokens!r}")
-    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
-        raise InvalidInputError(f"max_batch_size must be a positive int, got {max_batch_size!r}")
+    opts = BatchingOptions(batch_tokens=batch_tokens, max_batch_size=max_batch_size)  # the one rule for both
+    batch_tokens, max_batch_size = opts.batch_tokens, opts.max_batch_size
     lens = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(lens, kind="stable")
     batches: list[Batch] = []

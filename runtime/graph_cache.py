@@ -3,8 +3,7 @@
 onnxruntime rewrites a graph when a session starts (constant folding, LayerNorm/GELU fusions,
 integer-kernel fusions of a quantized graph). The first :class:`~crossrank.Reranker` load of a variant saves the rewritten graph
 (``SessionOptions.optimized_model_filepath``); later loads open that graph with optimization
-switched off. Measured on the real MiniLM-L6's earlier (QDQ) static int8 graph (2-core EPYC, busy
-machine): session start 0.51 s -> 0.33 s, identical logits, same run time.
+switched off: session starts are shorter with identical logits (measurement: docs/graph-cache.md).
 
 The cache key covers everything the rewritten graph depends on: the model file's recorded sha256,
 size and modification time, the onnxruntime version, the optimization level and the CPU (machine
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .atomic import mkstemp
+from .cpu import cpu_flags, cpu_model
 
 __all__ = ["default_cache_dir", "cache_entry", "store_path", "commit"]
 
@@ -52,16 +52,11 @@ def default_cache_dir() -> Path:
 
 @lru_cache(maxsize=1)
 def _cpu_fingerprint() -> str:
-    flags = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    flags = line
-                    break
-    except OSError:
-        flags = platform.processor()
-    return f"{platform.system()}-{platform.machine()}-{hashlib.sha256(flags.encode()).hexdigest()[:12]}"
+    # Level "all" may emit kernels for this CPU's instruction sets, so they enter the key; without
+    # flags (no /proc/cpuinfo) the model name stands in for them.
+    flags = cpu_flags()
+    seen = " ".join(sorted(flags)) if flags else cpu_model()
+    return f"{platform.system()}-{platform.machine()}-{hashlib.sha256(seen.encode()).hexdigest()[:12]}"
 
 
 def cache_entry(

@@ -21,9 +21,10 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
-from .errors import IntegrityError, ManifestError, ModelFolderError
+from .choices import normalize
+from .errors import IntegrityError, InvalidInputError, ManifestError, ModelFolderError, VariantNotFoundError
 
 __all__ = [
     "MANIFEST_NAME",
@@ -37,6 +38,8 @@ __all__ = [
     "DataFileSpec",
     "Manifest",
     "load_manifest",
+    "resolve_variant",
+    "AUTO_VARIANTS",
     "sha256_file",
     "is_model_folder",
 ]
@@ -46,8 +49,9 @@ SCHEMA_VERSION = 1
 ACTIVATIONS = ("identity", "sigmoid", "softmax")
 PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_DTYPES = ("int64", "int32")
-# Variant names the runtime knows how to choose between; other names are allowed but never "auto".
-KNOWN_VARIANTS = ("fp32", "optimized", "int8", "fp16")
+# variant="auto", per provider, best first: int8 is the fastest validated graph on a CPU, fp16 on
+# CUDA (whose int8 kernels onnxruntime does not use); optimized, then fp32, when those are missing.
+AUTO_VARIANTS: Mapping[str, tuple[str, ...]] = {"cpu": ("int8", "optimized", "fp32"), "cuda": ("fp16", "optimized", "fp32")}
 
 
 def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
@@ -154,9 +158,63 @@ class Manifest:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
 
+    def resolve_variant(self, variant: str = "auto", *, provider: str, among: Collection[str] | None = None) -> str:
+        """This folder's variant for ``variant`` on ``provider``; see :func:`resolve_variant`."""
+        return resolve_variant(self, variant, provider=provider, among=among)
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, path: str | Path | None = None) -> "Manifest":
         return _parse(data, path=path)
+
+
+def resolve_variant(manifest: Manifest, variant: str = "auto", *, provider: str, among: Collection[str] | None = None) -> str:
+    """The variant name to load: the one ``variant`` names, or the auto choice for ``provider``.
+
+    The one variant resolution of crossrank: :meth:`crossrank.Reranker.load`, ``crossrank.ray``
+    and ``crossrank.bench`` all call it.
+
+    Args:
+        manifest: the folder's manifest.
+        variant: a variant name (any case, surrounding whitespace ignored, as
+            :mod:`crossrank.choices`), or ``"auto"``: the first of :data:`AUTO_VARIANTS`
+            ``[provider]`` the folder has (``int8``, ``optimized``, ``fp32`` on ``"cpu"``;
+            ``fp16``, ``optimized``, ``fp32`` on ``"cuda"``); a folder with none of those gives
+            its first variant meant for ``provider`` (``VariantSpec.providers``), else its first.
+        provider: ``"cpu"`` or ``"cuda"``: where the session will run (already resolved, not
+            ``"auto"``).
+        among: only consider these variant names (the bench resolves among the variants it
+            measures); None = every variant of the folder.
+
+    Returns:
+        A key of ``manifest.variants``.
+
+    Raises:
+        VariantNotFoundError: the named variant is not in the folder (or not in ``among``); the
+            message lists the ones there are.
+        InvalidInputError: ``variant`` is not a string, or ``provider`` is not cpu/cuda.
+    """
+    have = [name for name in manifest.variants if among is None or name in among]
+    if not isinstance(variant, str):
+        raise InvalidInputError(f"variant must be a string such as 'auto' or one of {have}; got {variant!r}")
+    if provider not in AUTO_VARIANTS:
+        raise InvalidInputError(f"provider must be one of {', '.join(AUTO_VARIANTS)} to choose a variant; got {provider!r}")
+    key = normalize(variant)
+    if key != "auto":
+        for name in have:
+            if normalize(name) == key:
+                return name
+        hint = f" (re-export with --{key} to add it)" if key in ("int8", "fp16") and key not in map(normalize, manifest.variants) else ""
+        raise VariantNotFoundError(f"variant {variant!r} is not in this model folder; it has {', '.join(have) or 'none'} (any case){hint}")
+    if not have:
+        raise VariantNotFoundError(f"no variant to choose from: the folder has {', '.join(manifest.variants) or 'none'}, none of them among {sorted(among or ())}")
+    for name in AUTO_VARIANTS[provider]:
+        if name in have:
+            return name
+    # A folder with only unusual variant names: take the first one meant for this provider.
+    for name in have:
+        if provider in manifest.variants[name].providers:
+            return name
+    return have[0]
 
 
 def is_model_folder(path: str | Path) -> bool:

@@ -21,49 +21,23 @@ from typing import Any, Iterable, Literal, Sequence, overload
 import numpy as np
 
 from .activation import apply_activation
-from .batching import plan_batches, pad_batch, pad_rows
+from .batching import BatchingOptions, plan_batches
 from .budget import ENCODE_SLICE, calibrated, check_budget_ms, next_batch_end
 from .chunking import LongDocOptions, Unit, aggregate as aggregate_windows, plan_units
 from .costmodel import CostModel
-from .errors import InputTypeError, InvalidInputError, ModelFolderError
-from .manifest import Manifest, load_manifest, verify_file
-from .choices import canonical_choice
-from .session import PROVIDERS, OnnxSession, SessionOptions, _FellBack, choose_variant, resolve_provider
+from .checks import flag, positive_int
+from .errors import InputTypeError, InvalidInputError, ModelFolderError, ProviderError
+from .manifest import Manifest, load_manifest, resolve_variant, verify_file
+from .session import OnnxSession, SessionOptions, candidate_providers
 from .tokenize import PairEncoder
 
 __all__ = ["Reranker", "Result", "ScoreInfo", "DEFAULT_BATCHING", "DYNAMIC_INT8_MAX_BATCH_SIZE"]
 
 log = logging.getLogger("crossrank.reranker")
 
-# Batching defaults per provider: (batch_tokens, max_batch_size).
-# CPU: measured with the real MiniLM-L6 on TREC DL 2020 passages (BM25 top-10/50/100 of 4 queries,
-# pairs of 34-160 tokens, x2 rounds, median rerank ms, every setting in the same process, on the
-# 2-core AVX2 EPYC shared with other jobs, so absolute figures are inflated; compare ratios):
-#   budget (padded tokens/run):    1 pair   512    1024   2048   4096
-#   optimized fp32, 50 cands       4681     4171   4190   4271   4628
-#   optimized fp32, 100 cands      9518     7901   7517   7790   8168
-#   dynamic int8, 50 cands         2976     -      2706   2838   -
-#   dynamic int8, 100 cands        6290     -      6599   6989   -
-# Re-measured for the static int8 default on an idle machine (median ms, TREC DL queries 0-7 x2):
-#   budget (padded tokens/run):    1 pair   512    1024   2048   4096
-#   static int8, 10 cands          173      172    197    248    245
-#   static int8, 50 cands          836      765    831    846    977
-#   static int8, 100 cands         1369     1359   1346   1435   1522
-# and queries 8-23: 512 / 768 / 1024 -> 198 / 201 / 208 (10), 678 / 668 / 692 (50), 1274 / 1263 /
-# 1282 (100). 512 came out 1-13% faster than 1024 at 10-50 candidates (least in the second, longer
-# run), equal at 100; from 2048 on it gets slower.
-# Re-measured after the last layer was pruned to [CLS] (export/prune.py), idle machine, TREC DL
-# queries 0-15 x2, interleaved:
-#   budget (padded tokens/run):    512    768    1024
-#   static int8, 10 cands          155    163    167
-#   static int8, 50 cands          583    596    605
-#   static int8, 100 cands         1105   1081   1129
-# so the default is now 512 (the benchmark in benchmarks/results/epyc-2core-avx2 uses it).
-# One padded batch of all 50 candidates took 1.7-1.8x the 1024-2048 budgets in an earlier run.
-# 512-1024 tokens per run was fastest or within noise of it at 10, 50 and 100 candidates; larger
-# runs lose to cache misses and attention over the batch's longest pair, single pairs to per-run
-# overhead. 512 keeps a 512-token pair at batch 1 and 100-token passages at batch ~5.
-# CUDA: not measured here (no GPU); larger batches keep a GPU busy, so the budget is 64x the CPU's.
+# Batching defaults per provider: (batch_tokens, max_batch_size). CPU: 512 padded tokens per run was
+# fastest or within noise at 10-100 candidates (measurements: docs/batching-defaults.md). CUDA: not
+# measured (no GPU); larger batches keep a GPU busy, so its budget is 64x the CPU's.
 DEFAULT_BATCHING = {"cpu": (512, 64), "cuda": (32768, 256)}
 # A dynamically quantized int8 graph computes activation scales over the whole padded batch, so
 # a pair's score moves with its batch mates (measured on the real model: up to 0.1 in sigmoid
@@ -168,6 +142,7 @@ class Reranker:
         memory_arena: bool = True,
         device_id: int = 0,
         cache_dir: str | Path | None | Literal[False] = None,
+        session_options: Any = None,
     ) -> "Reranker":
         """Load a model folder written by ``crossrank export``.
 
@@ -209,6 +184,19 @@ class Reranker:
             cache_dir: where CPU sessions keep onnxruntime's optimized graph between starts (see
                 :mod:`crossrank.graph_cache`): None = ``$CROSSRANK_CACHE`` or
                 ``~/.cache/crossrank``; False = no cache (every start re-optimizes).
+            session_options: an ``onnxruntime.SessionOptions`` of your own, for settings crossrank
+                does not expose (profiling, custom op libraries, ``add_session_config_entry``...).
+                It is used as given (never changed) instead of the one crossrank builds, so it
+                replaces ``threads``, ``graph_optimization``, ``spinning``, ``memory_arena`` and
+                crossrank's fixed settings (one inter-op thread, sequential execution, errors-only
+                onnxruntime logging). Giving ``threads`` with it, or any of the other three with a
+                value other than its default, is an ``InvalidInputError`` (set the field on your
+                options instead). The graph cache is off with it (its key covers only crossrank's
+                own settings), so a ``cache_dir`` path is refused too. ``provider``,
+                ``device_id``, ``variant``, batching and tokenization apply as usual.
+
+        Returns:
+            A :class:`Reranker` holding one onnxruntime session for its whole life.
 
         Raises:
             ModelFolderError: folder or file missing, unreadable model file, graph inputs not
@@ -216,14 +204,17 @@ class Reranker:
             ManifestError: invalid crossrank.json or one from a newer schema.
             IntegrityError: a file's sha256 differs from the manifest (with ``verify=True``).
             VariantNotFoundError: ``variant`` is not in the folder (the message lists those it has).
-            ProviderError: ``provider="cuda"`` without a usable CUDA execution provider.
-            InvalidInputError: an option out of range.
+            ProviderError: ``provider="cuda"`` without a usable CUDA execution provider
+                (``provider="auto"`` falls back to the CPU instead, with a warning).
+            InvalidInputError: an option out of range, or conflicting with ``session_options``.
         """
         folder = Path(path).expanduser()
         manifest = load_manifest(folder)
         if not isinstance(verify, bool):
             raise InvalidInputError(f"verify must be True or False; got {verify!r}")
-        if cache_dir is False:
+        if session_options is not None and cache_dir not in (None, False):
+            raise InvalidInputError(f"cache_dir={cache_dir!r} conflicts with session_options: the graph cache is off with your own SessionOptions")
+        if cache_dir is False or session_options is not None:
             cache: Path | None = None
         elif cache_dir is None:
             from .graph_cache import default_cache_dir  # noqa: PLC0415
@@ -240,16 +231,15 @@ class Reranker:
             memory_arena=memory_arena,
             device_id=device_id,
             cache_dir=cache,
+            custom=session_options,
         )
-        options.check()
         length = _check_max_length(max_length, manifest)
         for name, value in (("batch_tokens", batch_tokens), ("max_batch_size", max_batch_size)):
             if value is not None:
-                _check_positive_int(name, value)
+                positive_int(name, value)  # refused before any file is read; BatchingOptions stores them
 
-        first = resolve_provider(provider)
-        strict = canonical_choice(provider, PROVIDERS, what="provider") != "auto"
-        chosen = choose_variant(manifest, variant, first)
+        candidates = candidate_providers(provider)
+        resolve_variant(manifest, variant, provider=candidates[0])  # a missing variant is refused before any file is read
         tok_path = _check_file(folder, manifest.tokenizer.file, manifest.tokenizer.sha256, verify)
         encoder = PairEncoder(
             tok_path,
@@ -257,19 +247,25 @@ class Reranker:
             num_special_tokens_pair=manifest.tokenizer.num_special_tokens_pair,
             max_query_tokens=max_query_tokens,
         )
-        try:
-            session = cls._open(folder, manifest, chosen, first, options, verify, strict)
-        except _FellBack as why:
-            log.warning("provider auto: CUDA is not usable (%s); falling back to the CPU", why)
-            first = "cpu"
-            chosen = choose_variant(manifest, variant, first)
-            session = cls._open(folder, manifest, chosen, first, options, verify, True)
+        # provider="auto" with a CUDA build tries CUDA, then the CPU (each with its own variant).
+        for attempt, prov in enumerate(candidates):
+            chosen = resolve_variant(manifest, variant, provider=prov)
+            spec = manifest.variants[chosen]
+            model_path = _check_file(folder, spec.file, spec.sha256, verify)
+            try:
+                session = OnnxSession(model_path, manifest=manifest, sha256=spec.sha256, provider=prov, options=options)
+                break
+            except ProviderError as why:
+                if attempt + 1 == len(candidates):
+                    raise
+                log.warning("provider auto: CUDA is not usable (%s); falling back to the CPU", why)
         default_tokens, default_batch = DEFAULT_BATCHING[session.provider]
-        spec = manifest.variants[chosen]
         if spec.precision == "int8" and spec.settings.get("scheme") == "dynamic":
             default_batch = DYNAMIC_INT8_MAX_BATCH_SIZE
-        bt = default_tokens if batch_tokens is None else int(batch_tokens)
-        mb = default_batch if max_batch_size is None else int(max_batch_size)
+        batching = BatchingOptions(
+            batch_tokens=default_tokens if batch_tokens is None else batch_tokens,
+            max_batch_size=default_batch if max_batch_size is None else max_batch_size,
+        )
         log.debug("loaded %s variant %s on %s", folder, chosen, ", ".join(session.providers))
         return cls(
             path=folder,
@@ -277,18 +273,8 @@ class Reranker:
             variant=chosen,
             session=session,
             encoder=encoder,
-            batch_tokens=bt,
-            max_batch_size=mb,
-        )
-
-    @staticmethod
-    def _open(
-        folder: Path, manifest: Manifest, variant: str, provider: str, options: SessionOptions, verify: bool, strict: bool
-    ) -> OnnxSession:
-        spec = manifest.variants[variant]
-        model_path = _check_file(folder, spec.file, spec.sha256, verify)
-        return OnnxSession(
-            model_path, manifest=manifest, sha256=spec.sha256, provider=provider, options=options, strict_provider=strict
+            batch_tokens=batching.batch_tokens,
+            max_batch_size=batching.max_batch_size,
         )
 
     # -- properties ------------------------------------------------------------------------------
@@ -337,16 +323,19 @@ class Reranker:
         max_tokens_per_doc: int | None = None,
         budget_ms: float | None = None,
     ) -> Any:
-        """Scores of ``documents`` for ``query``, float32, in input order.
+        """Scores of ``documents`` for ``query``, in input order.
 
-        ``raw=True`` returns the positive label's logit instead of the activated score.
-        ``return_info=True`` returns ``(scores, ScoreInfo)`` with per-document truncation flags,
-        the batch shapes that were run, and (chunk mode) each document's deciding passage.
-
-        Long documents and budgets (keyword-only; see :mod:`crossrank.chunking` and
-        :mod:`crossrank.budget`):
+        Args:
+            query: the query text.
+            documents: the candidate texts (any iterable of str; copied, never changed).
+            raw: False (default): the manifest's activation applied (sigmoid, softmax over the
+                labels, or identity); True: the positive label's logit.
+            return_info: also return a :class:`ScoreInfo` with per-document truncation flags, the
+                (batch size, padded length) of each onnxruntime run, and (chunk mode) each
+                document's deciding passage.
             long_documents: ``"truncate"`` (default: a document is cut to what its pair leaves)
-                or ``"chunk"`` (a longer document is scored as overlapping token windows).
+                or ``"chunk"`` (a longer document is scored as overlapping token windows; see
+                :mod:`crossrank.chunking`).
             max_chunks_per_doc: chunk mode, windows kept per document, the first ones (default 8).
             chunk_overlap: chunk mode, tokens shared by consecutive windows (default 32, at most
                 half a window is used).
@@ -354,12 +343,19 @@ class Reranker:
                 of the windows' scores.
             max_tokens_per_doc: at most this many document tokens per pair (cuts earlier; in
                 chunk mode, the window size).
-            budget_ms: score in the given order within this many milliseconds; candidates left
+            budget_ms: score in the given order within this many milliseconds (wall clock from
+                the call, tokenization included; see :mod:`crossrank.budget`); candidates left
                 over get a NaN score (``ScoreInfo.scored`` False).
 
+        Returns:
+            float32 array of shape (len(documents),); with ``return_info=True`` the tuple
+            ``(scores, ScoreInfo)``.
+
         Raises:
-            InputTypeError: a non-str query or document.
-            InvalidInputError: an option out of range (the message names it).
+            InputTypeError: a non-str query or document (the message names its index).
+            InvalidInputError: an option out of range, or a chunk option without
+                ``long_documents="chunk"`` (the message names it).
+            InferenceError: onnxruntime failed on a batch.
         """
         t0 = time.monotonic()
         _check_query(query)
@@ -373,7 +369,21 @@ class Reranker:
         return (scores, info) if return_info else scores
 
     def score_pairs(self, pairs: Iterable[Sequence[str]], *, raw: bool = False, return_info: bool = False) -> Any:
-        """Scores of ``(query, document)`` pairs, float32, in input order (see :meth:`score`)."""
+        """Scores of ``(query, document)`` pairs, in input order; the pairs share batches.
+
+        Args:
+            pairs: ``(query, document)`` pairs of str (any iterable; copied, never changed).
+            raw: as :meth:`score`.
+            return_info: as :meth:`score` (truncation flags per pair).
+
+        Returns:
+            float32 array of shape (len(pairs),); with ``return_info=True`` ``(scores, ScoreInfo)``.
+
+        Raises:
+            InputTypeError: an item that is not a pair of str (the message names its index).
+            InvalidInputError: ``raw`` or ``return_info`` not a bool.
+            InferenceError: onnxruntime failed on a batch.
+        """
         checked = _check_pairs(pairs)
         scores, info = self._score_pairs(checked, raw=_check_flag("raw", raw))
         return (scores, info) if return_info else scores
@@ -394,12 +404,27 @@ class Reranker:
     ) -> list[Result]:
         """``documents`` ranked best first (ties by input position), at most ``top_k`` of them.
 
-        Each :class:`Result` carries the document's input ``index``, its ``score`` (the raw logit
-        with ``raw=True``, and then ranked by it), whether the pair was ``truncated``, and with
-        ``long_documents="chunk"`` the ``passage`` (character span) of the window that decided
-        its score. The long-document and ``budget_ms`` options are those of :meth:`score`; under
-        a budget, documents left unscored follow the scored ones in their given order with
-        ``scored=False`` and a NaN score.
+        Args:
+            query: the query text.
+            documents: the candidate texts (any iterable of str; copied, never changed).
+            top_k: how many results to return, best first; None (default) = all.
+            raw: rank by, and report, the positive label's logit instead of the activated score.
+            long_documents, max_chunks_per_doc, chunk_overlap, aggregate, max_tokens_per_doc,
+                budget_ms: as :meth:`score`.
+
+        Returns:
+            A list of :class:`Result`, best first: each with the document's input ``index``, its
+            ``score``, the ``document`` text, whether the pair was ``truncated`` (``query_cut`` /
+            ``doc_cut`` say which part), and with ``long_documents="chunk"`` the ``passage``
+            (character span) of the window that decided its score. Under ``budget_ms``,
+            documents left unscored follow the scored ones in their given order with
+            ``scored=False`` and a NaN score.
+
+        Raises:
+            InputTypeError: a non-str query or document (the message names its index).
+            InvalidInputError: ``top_k`` not None or an int >= 1, or another option out of range
+                (the message names it).
+            InferenceError: onnxruntime failed on a batch.
         """
         t0 = time.monotonic()
         _check_query(query)
@@ -416,7 +441,23 @@ class Reranker:
     def rerank_many(
         self, requests: Iterable[tuple[str, Iterable[str]]], *, top_k: int | None = None, raw: bool = False
     ) -> list[list[Result]]:
-        """Rerank several ``(query, documents)`` requests at once; their pairs share batches."""
+        """Rerank several ``(query, documents)`` requests at once; their pairs share batches.
+
+        Args:
+            requests: ``(query, documents)`` pairs, ``documents`` an iterable of str each.
+            top_k: per request, how many results to return; None (default) = all.
+            raw: as :meth:`rerank`.
+
+        Returns:
+            One list of :class:`Result` per request, in request order, each ranked as
+            :meth:`rerank` ranks (``Result.index`` is the position in that request's documents).
+
+        Raises:
+            InputTypeError: ``requests`` or an item of it of the wrong shape or type (the message
+                names ``requests[i]``).
+            InvalidInputError: ``top_k`` or ``raw`` out of range.
+            InferenceError: onnxruntime failed on a batch.
+        """
         if isinstance(requests, (str, bytes)) or not isinstance(requests, Iterable):
             raise InputTypeError(f"requests must be a list of (query, documents) pairs, not {type(requests).__name__}")
         k = _check_top_k(top_k)
@@ -461,13 +502,11 @@ class Reranker:
         return logits
 
     def _feeds(self, enc: Any, batch: Any) -> dict[str, np.ndarray]:
-        sess = self._session
-        return pad_batch(enc, batch, input_names=sess.input_names, input_dtypes=sess.input_dtypes, pad_token_id=self.manifest.tokenizer.pad_token_id)
+        return self._session.feed.pad([(enc, batch.rows)])
 
     def _feeds_rows(self, parts: Sequence[tuple[Any, Any]]) -> dict[str, np.ndarray]:
         """Feeds of rows drawn from several encodings (a budgeted call tokenizes in slices)."""
-        sess = self._session
-        return pad_rows(parts, input_names=sess.input_names, input_dtypes=sess.input_dtypes, pad_token_id=self.manifest.tokenizer.pad_token_id)
+        return self._session.feed.pad(parts)
 
     def _activate(self, logits: np.ndarray, raw: bool) -> np.ndarray:
         m = self.manifest
@@ -658,15 +697,9 @@ def _check_max_length(max_length: int | None, manifest: Manifest) -> int:
     return int(max_length)
 
 
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise InvalidInputError(f"{name} must be an int >= 1; got {value!r}")
-
-
-def _check_flag(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise InvalidInputError(f"{name} must be True or False; got {value!r}")
-    return bool(value)
+# The one option rules (crossrank.checks) under the names crossrank.scheduler imports.
+_check_positive_int = positive_int
+_check_flag = flag
 
 
 def _check_query(query: Any, *, where: str = "query") -> None:

@@ -1,4 +1,4 @@
-"""One onnxruntime session per Reranker: provider and variant choice, options, input checks, runs.
+"""One onnxruntime session per Reranker: provider choice, options, input checks, runs.
 
 Provider choice (``provider=``):
 
@@ -6,13 +6,15 @@ Provider choice (``provider=``):
 * ``"cuda"`` - CUDAExecutionProvider, or :class:`~crossrank.errors.ProviderError` when the installed
   onnxruntime has none (``pip install "crossrank[gpu]"``) or the session could not get it.
 * ``"auto"`` - CUDA when onnxruntime offers it and the session really gets it, else CPU, saying so
-  in the log.
+  in the log. :func:`candidate_providers` lists what to try, in order; :meth:`crossrank.Reranker.load`
+  tries them in a plain loop.
 
 Option names (``provider``, ``variant``, ``graph_optimization``) follow :mod:`crossrank.choices`:
-any case, surrounding whitespace ignored (``"CPU"``, ``" Auto "``, ``"INT8"``).
+any case, surrounding whitespace ignored (``"CPU"``, ``" Auto "``, ``"INT8"``). Which variant a
+provider gets is decided with the manifest (:func:`crossrank.manifest.resolve_variant`).
 
-Variant choice (``variant="auto"``): ``int8`` on CPU; ``fp16``, else ``optimized``, else ``fp32`` on
-CUDA; on either, the first of those the folder has when the preferred one is missing.
+onnxruntime's own exceptions become crossrank's in one place, :func:`ort_errors`, around session
+start and every run.
 
 On CUDA, batches go through I/O binding: each input is copied to the device once, the logits are
 read back once. onnxruntime's ``InferenceSession.run`` is thread-safe, so one session serves every
@@ -21,24 +23,32 @@ thread; all per-call state (feeds, bindings) is local to the call.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .choices import canonical_choice, normalize
-from .errors import InferenceError, InvalidInputError, ModelFolderError, ProviderError, VariantNotFoundError
-from .manifest import MANIFEST_NAME, Manifest
+from .batching import pad_rows
+from .checks import flag, int_at_least
+from .choices import canonical_choice
+from .errors import CrossrankError, InferenceError, InvalidInputError, ModelFolderError, ProviderError
+from .manifest import AUTO_VARIANTS, MANIFEST_NAME, Manifest, resolve_variant
+from .tokenize import Encoded
 
 __all__ = [
     "PROVIDERS",
     "GRAPH_OPTIMIZATION_LEVELS",
     "SessionOptions",
+    "FeedSpec",
     "OnnxSession",
     "available_providers",
     "resolve_provider",
+    "candidate_providers",
     "choose_variant",
+    "ort_errors",
+    "AUTO_VARIANTS",
 ]
 
 log = logging.getLogger("crossrank.session")
@@ -47,9 +57,9 @@ PROVIDERS = ("auto", "cpu", "cuda")
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 _ORT_PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 _GPU_HINT = 'install the GPU build with `pip install "crossrank[gpu]"` (onnxruntime-gpu, which replaces onnxruntime)'
-# Variant preference per provider for variant="auto".
-AUTO_VARIANTS = {"cpu": ("int8", "optimized", "fp32"), "cuda": ("fp16", "optimized", "fp32")}
 _ORT_DTYPES = {"tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(float)": "float32", "tensor(float16)": "float16"}
+# onnxruntime's exception types that say the model file itself is unusable, whatever the provider.
+_MODEL_FILE_ERRORS = ("InvalidProtobuf", "InvalidGraph", "NoSuchFile", "NoModel", "ModelLoaded")
 
 
 def _ort() -> Any:
@@ -64,7 +74,12 @@ def available_providers() -> list[str]:
 
 
 def resolve_provider(provider: str) -> str:
-    """``"auto"``/``"cpu"``/``"cuda"`` (any case) -> the provider to try first (``"cpu"`` or ``"cuda"``)."""
+    """``"auto"``/``"cpu"``/``"cuda"`` (any case) -> the provider to try first (``"cpu"`` or ``"cuda"``).
+
+    Raises:
+        InvalidInputError: not one of those names.
+        ProviderError: ``"cuda"`` with an onnxruntime that offers no CUDAExecutionProvider.
+    """
     provider = canonical_choice(provider, PROVIDERS, what="provider")
     has_cuda = _ORT_PROVIDER["cuda"] in available_providers()
     if provider == "cuda" and not has_cuda:
@@ -79,60 +94,128 @@ def resolve_provider(provider: str) -> str:
     return provider
 
 
+def candidate_providers(provider: str) -> tuple[str, ...]:
+    """The providers to try, in order, for ``provider=``: ``("cuda", "cpu")`` for ``"auto"`` with an
+    onnxruntime that offers CUDA (a CUDA that fails to start falls back to the CPU), else the one
+    provider (``"cuda"`` is never silently replaced).
+
+    Raises:
+        InvalidInputError / ProviderError: as :func:`resolve_provider`.
+    """
+    first = resolve_provider(provider)
+    auto = canonical_choice(provider, PROVIDERS, what="provider") == "auto"
+    return ("cuda", "cpu") if auto and first == "cuda" else (first,)
+
+
 def choose_variant(manifest: Manifest, variant: str, provider: str) -> str:
-    """The variant name to load: the folder's variant that ``variant`` names (any case, surrounding
-    whitespace ignored), or the auto choice for ``"auto"``."""
-    have = list(manifest.variants)
-    if not isinstance(variant, str):
-        raise InvalidInputError(f"variant must be a string such as 'auto' or one of {have}; got {variant!r}")
-    key = normalize(variant)
-    if key != "auto":
-        for name in have:
-            if normalize(name) == key:
-                return name
-        hint = f" (re-export with --{key} to add it)" if key in ("int8", "fp16") else ""
-        raise VariantNotFoundError(f"variant {variant!r} is not in this model folder; it has {', '.join(have)} (any case){hint}")
-    for name in AUTO_VARIANTS[provider]:
-        if name in manifest.variants:
-            return name
-    # A folder with only unusual variant names: take the first one meant for this provider.
-    for name, spec in manifest.variants.items():
-        if provider in spec.providers:
-            return name
-    return have[0]
+    """:func:`crossrank.manifest.resolve_variant` under its earlier name (``crossrank.ray`` uses it)."""
+    return resolve_variant(manifest, variant, provider=provider)
+
+
+@contextmanager
+def ort_errors(model_path: Path, *, providers: Sequence[str], feeds: Mapping[str, np.ndarray] | None = None) -> Iterator[None]:
+    """Translate onnxruntime's exceptions raised inside the block into crossrank's (``raise ... from``).
+
+    The one boundary between onnxruntime and crossrank's error tree. The decision rests on what is
+    known, not on the error's text: during a run (``feeds`` given) any failure is an
+    :class:`InferenceError` naming the batch shapes and the providers that ran it; at session
+    start, an error type saying the file is no ONNX model (``InvalidProtobuf``, ``InvalidGraph``,
+    ``NoSuchFile``...) is a :class:`ModelFolderError`, and any other failure is a
+    :class:`ProviderError` when CUDA was among the requested ``providers`` (the CPU provider
+    starts any valid file), else a :class:`ModelFolderError`.
+
+    Args:
+        model_path: the ONNX file, named in every message.
+        providers: onnxruntime provider names: requested ones at start, granted ones
+            (``InferenceSession.get_providers()``) during runs.
+        feeds: a run's inputs (name -> array of shape (batch, length)); None at session start.
+
+    Raises:
+        InferenceError, ModelFolderError, ProviderError: as above; crossrank's own errors pass
+        through unchanged.
+    """
+    try:
+        yield
+    except CrossrankError:
+        raise
+    except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/RuntimeException/... types
+        on = ", ".join(providers)
+        if feeds is not None:
+            shapes = {k: tuple(v.shape) for k, v in feeds.items()}
+            raise InferenceError(f"onnxruntime failed on a batch of shape {shapes} with {model_path.name} on {on}: {err}") from err
+        if _ORT_PROVIDER["cuda"] in providers and not _is_model_file_error(err):
+            raise ProviderError(f"the CUDA execution provider failed to start {model_path.name}: {err}; {_GPU_HINT}") from err
+        raise ModelFolderError(
+            f"{model_path}: onnxruntime cannot load this model file ({type(err).__name__}: {err}); "
+            "the file is corrupt or not an ONNX model. Re-export the model.",
+            path=model_path,
+        ) from err
+
+
+def _is_model_file_error(err: BaseException) -> bool:
+    state = _ort().capi.onnxruntime_pybind11_state
+    kinds = tuple(getattr(state, name) for name in _MODEL_FILE_ERRORS if isinstance(getattr(state, name, None), type))
+    return isinstance(err, kinds)
 
 
 @dataclass(frozen=True)
 class SessionOptions:
-    """onnxruntime settings of a Reranker's session (see :meth:`crossrank.Reranker.load`)."""
+    """onnxruntime settings of a Reranker's session, checked on construction.
+
+    Fields are those of :meth:`crossrank.Reranker.load` (defaults there): ``threads`` (None =
+    onnxruntime's default, one per physical core), ``graph_optimization``, ``spinning``,
+    ``memory_arena``, ``device_id``, ``cache_dir`` (optimized-graph cache, CPU only; None = off)
+    and ``custom``: a caller's own ``onnxruntime.SessionOptions``, used instead of the one
+    :meth:`to_ort` builds (so ``threads`` must then be None, and the other session settings
+    their defaults; the graph cache is off).
+
+    Raises:
+        InvalidInputError: a field out of range or conflicting with ``custom``, naming it.
+    """
 
     threads: int | None = None
     graph_optimization: str = "all"
     spinning: bool = True
     memory_arena: bool = True
     device_id: int = 0
-    cache_dir: Path | None = None  # optimized-graph cache (CPU only); None = off
+    cache_dir: Path | None = None
+    custom: Any = None  # onnxruntime.SessionOptions | None
 
     def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalized values are stored once, here
+        set_(self, "threads", int_at_least("threads", self.threads, 1, none="onnxruntime's default: one per physical core"))
         # One spelling rule (crossrank.choices): "ALL", " basic " name the canonical level.
-        if isinstance(self.graph_optimization, str):
-            key = normalize(self.graph_optimization)
-            if key in GRAPH_OPTIMIZATION_LEVELS:
-                object.__setattr__(self, "graph_optimization", key)
+        set_(self, "graph_optimization", canonical_choice(self.graph_optimization, GRAPH_OPTIMIZATION_LEVELS, what="graph_optimization"))
+        set_(self, "spinning", flag("spinning", self.spinning))
+        set_(self, "memory_arena", flag("memory_arena", self.memory_arena))
+        set_(self, "device_id", int_at_least("device_id", self.device_id, 0))
+        if self.custom is not None:
+            self._check_custom()
 
-    def check(self) -> None:
-        t = self.threads
-        if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
-            raise InvalidInputError(f"threads must be None (onnxruntime's default: one per physical core) or an int >= 1; got {t!r}")
-        canonical_choice(self.graph_optimization, GRAPH_OPTIMIZATION_LEVELS, what="graph_optimization")
-        for name in ("spinning", "memory_arena"):
-            if not isinstance(getattr(self, name), bool):
-                raise InvalidInputError(f"{name} must be True or False; got {getattr(self, name)!r}")
-        d = self.device_id
-        if isinstance(d, bool) or not isinstance(d, int) or d < 0:
-            raise InvalidInputError(f"device_id must be an int >= 0; got {d!r}")
+    def _check_custom(self) -> None:
+        ort = _ort()
+        if not isinstance(self.custom, ort.SessionOptions):
+            raise InvalidInputError(f"session_options must be an onnxruntime.SessionOptions; got {type(self.custom).__name__}")
+        if self.threads is not None:
+            raise InvalidInputError(
+                f"threads={self.threads} conflicts with session_options: set intra_op_num_threads on your "
+                "onnxruntime.SessionOptions instead (crossrank applies none of its session settings to yours)"
+            )
+        changed = [f"{n}={getattr(self, n)!r}" for n, default in (("graph_optimization", "all"), ("spinning", True), ("memory_arena", True)) if getattr(self, n) != default]
+        if changed:
+            raise InvalidInputError(
+                f"{', '.join(changed)} conflicts with session_options: set graph_optimization_level, "
+                "the session.intra_op.allow_spinning config entry or enable_cpu_mem_arena on your onnxruntime.SessionOptions instead"
+            )
+        set_ = object.__setattr__
+        set_(self, "cache_dir", None)  # the cache key covers crossrank's own settings only
 
     def to_ort(self, *, graph_optimization: str | None = None) -> Any:
+        """The ``onnxruntime.SessionOptions`` to start a session with: ``custom`` as given, else
+        one built from these fields (``graph_optimization`` overrides the level, for a graph
+        that is already optimized)."""
+        if self.custom is not None:
+            return self.custom
         ort = _ort()
         so = ort.SessionOptions()
         so.graph_optimization_level = {
@@ -151,19 +234,40 @@ class SessionOptions:
         return so
 
 
-class OnnxSession:
-    """An onnxruntime InferenceSession over one variant file, with its inputs checked once."""
+@dataclass(frozen=True)
+class FeedSpec:
+    """What one run feeds the graph, bound once at load from the manifest: the input names in the
+    manifest's order, their dtypes, and the padding token."""
 
-    def __init__(
-        self,
-        model_path: Path,
-        *,
-        manifest: Manifest,
-        sha256: str,
-        provider: str,
-        options: SessionOptions,
-        strict_provider: bool,
-    ) -> None:
+    names: tuple[str, ...]
+    dtypes: tuple[np.dtype, ...]
+    pad_token_id: int
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> "FeedSpec":
+        return cls(
+            names=tuple(i.name for i in manifest.inputs),
+            dtypes=tuple(np.dtype(i.dtype) for i in manifest.inputs),
+            pad_token_id=int(manifest.tokenizer.pad_token_id),
+        )
+
+    def pad(self, parts: Sequence[tuple[Encoded, Sequence[int] | np.ndarray]]) -> dict[str, np.ndarray]:
+        """Padded feeds of ``[(encoded, rows), ...]`` (see :func:`crossrank.batching.pad_rows`):
+        arrays of shape (rows, longest pair), right-padded."""
+        return pad_rows(parts, input_names=self.names, input_dtypes=self.dtypes, pad_token_id=self.pad_token_id)
+
+
+class OnnxSession:
+    """An onnxruntime InferenceSession over one variant file on one provider, with its inputs
+    checked and its feed settings bound once (:attr:`feed`).
+
+    Raises (on construction):
+        ModelFolderError: the file is no usable ONNX model, or its inputs/outputs do not match the
+            manifest.
+        ProviderError: ``provider="cuda"`` and the CUDA provider failed to start or was not granted.
+    """
+
+    def __init__(self, model_path: Path, *, manifest: Manifest, sha256: str, provider: str, options: SessionOptions) -> None:
         ort = _ort()
         self.model_path = Path(model_path)
         self.cached_graph: Path | None = None  # the optimized graph this session was started from, if any
@@ -172,35 +276,28 @@ class OnnxSession:
             providers: list[Any] = [(_ORT_PROVIDER["cuda"], {"device_id": options.device_id}), _ORT_PROVIDER["cpu"]]
         else:
             providers = [_ORT_PROVIDER["cpu"]]
-        try:
+        with ort_errors(self.model_path, providers=[_ORT_PROVIDER[provider]]):
             sess = None
             if provider == "cpu" and options.cache_dir is not None and options.graph_optimization != "disable":
                 sess = self._start_cached(ort, sha256, options, providers)
             if sess is None:
                 sess = ort.InferenceSession(str(self.model_path), sess_options=options.to_ort(), providers=providers)
-        except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            if provider == "cuda" and not strict_provider:
-                raise _FellBack(f"the CUDA session failed to start: {err}") from err
-            if provider == "cuda" and "CUDA" in str(err):
-                raise ProviderError(f"the CUDA execution provider failed to start: {err}; {_GPU_HINT}") from err
-            raise ModelFolderError(
-                f"{self.model_path}: onnxruntime cannot load this model file ({type(err).__name__}: {err}); "
-                "the file is corrupt or not an ONNX model. Re-export the model.",
-                path=self.model_path,
-            ) from err
         granted = list(sess.get_providers())
-        if provider == "cuda" and _ORT_PROVIDER["cuda"] not in granted:
-            if strict_provider:
-                raise ProviderError(
-                    f"onnxruntime did not grant CUDAExecutionProvider for {self.model_path.name} (granted: {', '.join(granted)}); "
-                    f"check the CUDA/cuDNN libraries and the GPU, or {_GPU_HINT}"
-                )
-            raise _FellBack(f"onnxruntime granted only {', '.join(granted)}")
+        # onnxruntime may quietly start CUDA's session on the CPU alone (no driver, wrong libraries).
+        if _ORT_PROVIDER[provider] not in granted:
+            raise ProviderError(
+                f"onnxruntime did not grant {_ORT_PROVIDER[provider]} for {self.model_path.name} (granted: {', '.join(granted)}); "
+                f"check the CUDA/cuDNN libraries and the GPU, or {_GPU_HINT}"
+            )
         self.provider = provider
         self.providers = granted
         self._sess = sess
         self._device_id = options.device_id
         self._check_io(manifest)
+        self.feed = FeedSpec.of(manifest)
+        # The names and dtypes fed (crossrank.scheduler pads with them too).
+        self.input_names: tuple[str, ...] = self.feed.names
+        self.input_dtypes: tuple[np.dtype, ...] = self.feed.dtypes
 
     def _start_cached(self, ort: Any, sha256: str, options: SessionOptions, providers: list[Any]) -> Any:
         """A CPU session from the cached optimized graph, or from the model while caching its
@@ -270,16 +367,23 @@ class OnnxSession:
                 f"{self.model_path}: output {out.name!r} has {last} labels but the manifest says num_labels={manifest.num_labels} ({where})",
                 path=self.model_path,
             )
-        # Feed exactly the declared inputs, in the manifest's order, in the declared dtypes (cached once).
-        self.input_names: tuple[str, ...] = tuple(i.name for i in manifest.inputs)
-        self.input_dtypes: tuple[np.dtype, ...] = tuple(np.dtype(i.dtype) for i in manifest.inputs)
         self.output_name = out.name
         self.num_labels = manifest.num_labels
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Run one batch; return float32 logits of shape (batch, num_labels)."""
+        """Run one batch.
+
+        Args:
+            feeds: input name -> array of shape (batch, length), as :attr:`feed` pads them.
+
+        Returns:
+            float32 logits of shape (batch, num_labels).
+
+        Raises:
+            InferenceError: onnxruntime failed, or returned logits of another shape.
+        """
         rows = len(next(iter(feeds.values())))
-        try:
+        with ort_errors(self.model_path, providers=self.providers, feeds=feeds):
             if self.provider == "cuda":
                 binding = self._sess.io_binding()
                 for name, arr in feeds.items():
@@ -289,9 +393,6 @@ class OnnxSession:
                 out = binding.copy_outputs_to_cpu()[0]  # one device->host read
             else:
                 out = self._sess.run([self.output_name], dict(feeds))[0]
-        except Exception as err:  # onnxruntime's Fail / RuntimeException / InvalidArgument ...
-            shapes = {k: tuple(v.shape) for k, v in feeds.items()}
-            raise InferenceError(f"onnxruntime failed on a batch of shape {shapes} with {self.model_path.name}: {err}") from err
         out = np.asarray(out)
         if out.ndim == 1:
             out = out[:, None]
@@ -314,7 +415,3 @@ def _data_files(model_path: Path, manifest: Manifest) -> tuple[Path, ...]:
                 path=path,
             )
     return files
-
-
-class _FellBack(Exception):
-    """Internal: with provider="auto", the CUDA session could not be had; the caller retries on CPU."""

@@ -13,6 +13,8 @@ from functools import lru_cache
 from importlib import metadata
 from typing import Any
 
+from crossrank.cpu import cpu_flags as runtime_cpu_flags, cpu_model
+
 __all__ = ["describe_machine", "cpu_flags", "INTERESTING_FLAGS"]
 
 # Flags that change which kernels onnxruntime / PyTorch can use.
@@ -24,34 +26,25 @@ INTERESTING_FLAGS = (
 
 
 @lru_cache(maxsize=1)
-def _proc_cpuinfo() -> tuple[str, tuple[str, ...]]:
-    model, flags = "", ()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip().lower()
-                if key in ("model name", "hardware", "cpu model") and not model:
-                    model = value.strip()
-                elif key in ("flags", "features") and not flags:
-                    flags = tuple(value.split())
-    except OSError:
-        pass
-    if not model or not flags:
-        try:  # py-cpuinfo (bench extra) covers macOS and Windows
+def _cpu() -> tuple[str, tuple[str, ...]]:
+    """(model, flags): the runtime's reader (crossrank.cpu), with py-cpuinfo (bench extra) filling
+    in where /proc/cpuinfo does not exist (macOS, Windows)."""
+    model, flags = cpu_model(), tuple(sorted(runtime_cpu_flags()))
+    if not flags:  # no /proc/cpuinfo: py-cpuinfo's brand name beats platform.processor()
+        try:
             import cpuinfo  # noqa: PLC0415
 
             info = cpuinfo.get_cpu_info()
-            model = model or info.get("brand_raw", "")
-            flags = flags or tuple(info.get("flags", ()))
+            model = info.get("brand_raw") or model
+            flags = tuple(sorted(str(f).lower() for f in info.get("flags", ())))
         except Exception:  # noqa: BLE001 - the description is best effort
             pass
-    return model or platform.processor() or "unknown", flags
+    return model or "unknown", flags
 
 
 def cpu_flags() -> tuple[str, ...]:
     """All CPU feature flags the OS reports (lower case)."""
-    return tuple(f.lower() for f in _proc_cpuinfo()[1])
+    return _cpu()[1]
 
 
 def _version(dist: str) -> str | None:
@@ -85,7 +78,7 @@ def _physical_cores() -> int | None:
 def describe_machine() -> dict[str, Any]:
     import onnxruntime as ort  # noqa: PLC0415
 
-    model, _ = _proc_cpuinfo()
+    model, _ = _cpu()
     flags = set(cpu_flags())
     try:
         usable = len(os.sched_getaffinity(0))

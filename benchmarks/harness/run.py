@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from crossrank.errors import BenchmarkError, VariantNotFoundError
-from crossrank.manifest import load_manifest
+from crossrank.errors import BenchmarkError
+from crossrank.manifest import Manifest, load_manifest, resolve_variant
 
 from . import budgets as _budgets
 from .data import DATASETS, latency_workload, load_dataset
@@ -89,13 +89,9 @@ def _token_counts(model_dir: Path, requests: list[tuple[str, list[str]]]) -> lis
     return out
 
 
-def _quality_variants(cfg: BenchConfig, variants: Sequence[str]) -> tuple[str, ...]:
-    if cfg.quality_variants is None:
-        preferred = "int8" if cfg.provider == "cpu" else "fp16"
-        for v in (preferred, "optimized", "fp32"):
-            if v in variants:
-                return (v,)
-        return (variants[0],)
+def _quality_variants(cfg: BenchConfig, variants: Sequence[str], manifest: Manifest) -> tuple[str, ...]:
+    if cfg.quality_variants is None:  # what variant="auto" loads, among the measured variants
+        return (resolve_variant(manifest, "auto", provider=cfg.provider, among=variants),)
     if tuple(cfg.quality_variants) == ("all",):
         return tuple(variants)
     unknown = [v for v in cfg.quality_variants if v not in variants]
@@ -136,16 +132,16 @@ def _run(cfg: BenchConfig, progress: Callable[[str], None] | None) -> dict[str, 
     started = time.perf_counter()
     model_dir = Path(cfg.model_dir)
     manifest = load_manifest(model_dir)
-    variants = cfg.variants or default_variants(list(manifest.variants), cfg.provider)
-    missing = [v for v in variants if v not in manifest.variants]
-    if missing:
-        raise VariantNotFoundError(
-            f"{model_dir} has no variant {', '.join(missing)}; it has: {', '.join(manifest.variants)}", path=model_dir
-        )
+    # Named variants go through the runtime's resolution (same spelling rule, same error listing
+    # what the folder has).
+    if cfg.variants:
+        variants = tuple(resolve_variant(manifest, v, provider=cfg.provider) for v in cfg.variants)
+    else:
+        variants = default_variants(list(manifest.variants), cfg.provider)
     if not variants:
         raise BenchmarkError(f"{model_dir} holds none of the variants {', '.join(CPU_VARIANTS)}")
     if cfg.quality:
-        _quality_variants(cfg, variants)
+        _quality_variants(cfg, variants, manifest)
     unknown = [d for d in (cfg.dataset, *cfg.quality_datasets) if d not in DATASETS]
     if unknown:
         raise BenchmarkError(f"unknown dataset {unknown[0]!r}; expected one of {', '.join(DATASETS)}")
@@ -240,7 +236,7 @@ def _run(cfg: BenchConfig, progress: Callable[[str], None] | None) -> dict[str, 
         log.info("quality: nDCG@10 and MRR@10 on %s", ", ".join(cfg.quality_datasets))
         from .quality import quality_table  # noqa: PLC0415
 
-        qvariants = _quality_variants(cfg, variants)
+        qvariants = _quality_variants(cfg, variants, manifest)
         qsystems = [s for s in systems if (s.kind == "crossrank" and s.info["variant"] in qvariants) or s.name == REFERENCE]
         dsets = [load_dataset(d, cfg.data_dir).head(cfg.quality_queries) for d in cfg.quality_datasets]
         quality = quality_table(qsystems, dsets, cache_dir=cache_dir if cfg.score_cache else None, progress=say)
