@@ -106,3 +106,44 @@ def test_cli_in_process_leaves_logging_as_it_found_it(tmp_path) -> None:
     before = (list(log.handlers), log.level, log.propagate)
     assert main(["info", str(tmp_path / "missing")]) == 1  # configures stderr logging, then fails
     assert (list(log.handlers), log.level, log.propagate) == before
+
+
+# -- the dispatcher --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "command,module,argv",
+    [
+        ("export", "crossrank.export.cli", ["src", "out", "--int8"]),
+        ("serve", "crossrank.serve.cli", ["--port", "8080", "some/dir"]),
+        ("bench", "crossrank.bench.cli", ["some/dir", "--smoke"]),
+    ],
+)
+def test_a_subcommand_whose_module_cannot_be_imported_says_why(command, module, argv, monkeypatch, capsys) -> None:
+    """An extra that is not installed (here: its module made unimportable) leaves the subcommand
+    listed; running it, with any arguments, is one line naming the extra and the import error."""
+    from crossrank.cli import main
+
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
+    assert main([command, *argv]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        f"crossrank {command} is unavailable: it needs the {command} extra: pip install 'crossrank[{command}]' "
+        f"({module} could not be imported: import of {module} halted; None in sys.modules)"
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    listed = " ".join(capsys.readouterr().out.split())
+    assert f"{command} (unavailable) crossrank {command} is unavailable: it needs the {command} extra" in listed
+    # the other subcommands are untouched
+    assert main(["info", "no/such/folder"]) == 1
+    assert "crossrank info: error:" in capsys.readouterr().err
+
+
+def test_unknown_options_of_an_available_subcommand_are_still_usage_errors(tiny_bert_folder: Path, capsys) -> None:
+    from crossrank.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["info", str(tiny_bert_folder), "--no-such-option"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
