@@ -8,7 +8,8 @@
 
 Each subcommand module exposes ``register(subparsers)`` which adds its parser and sets
 ``func(args) -> int``. Registering must stay cheap: heavy imports (torch, optimum) happen only
-inside ``func``. Every failure ends in one line on stderr and a non-zero exit code; ``--debug``
+inside ``func``. A subcommand whose module cannot be imported is still listed: running it fails
+with one line saying which extra it needs and what the import error was. Every failure ends in one line on stderr and a non-zero exit code; ``--debug``
 shows the traceback. Everything a command prints goes through :mod:`crossrank.textio`, so no text
 (a lone surrogate, a non-UTF-8 file name) can turn a finished command into a crash.
 """
@@ -25,13 +26,14 @@ from .choices import cli_choice
 from .errors import CrossrankError
 from .textio import write_text
 
-# (module, subcommand names it registers) in the order `--help` lists them.
+# (module, the subcommand it registers, the extra that brings its dependencies) in the order
+# `--help` lists them.
 _SUBCOMMAND_MODULES = (
-    "crossrank.export.cli",
-    "crossrank.info_cli",
-    "crossrank.rerank_cli",
-    "crossrank.serve.cli",
-    "crossrank.bench.cli",
+    ("crossrank.export.cli", "export", "export"),
+    ("crossrank.info_cli", "info", None),
+    ("crossrank.rerank_cli", "rerank", None),
+    ("crossrank.serve.cli", "serve", "serve"),
+    ("crossrank.bench.cli", "bench", "bench"),
 )
 
 EXIT_ERROR = 1
@@ -48,15 +50,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for modname in _SUBCOMMAND_MODULES:
+    for modname, command, extra in _SUBCOMMAND_MODULES:
         try:
             module = importlib.import_module(modname)
-        except ImportError as err:  # a module that is not there yet must not break the others
-            logging.getLogger("crossrank").debug("subcommand module %s unavailable: %s", modname, err)
+        except ImportError as err:  # one missing module must not break the other subcommands
+            _register_unavailable(sub, command, _unavailable_reason(command, modname, extra, err))
             continue
         module.register(sub)
     _apply_choice_rule(parser)
     return parser
+
+
+def _unavailable_reason(command: str, modname: str, extra: str | None, err: ImportError) -> str:
+    need = f"needs the {extra} extra: pip install 'crossrank[{extra}]'" if extra else "is part of the runtime: reinstall crossrank"
+    return f"crossrank {command} is unavailable: it {need} ({modname} could not be imported: {err})"
+
+
+def _register_unavailable(sub: argparse._SubParsersAction, command: str, reason: str) -> None:  # noqa: SLF001
+    """List ``command`` with ``reason`` as its help; running it, with any arguments, says why."""
+    p = sub.add_parser(command, help=f"(unavailable) {reason}", description=reason)
+    p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    def unavailable(_args: argparse.Namespace) -> int:
+        _say(reason)
+        return EXIT_ERROR
+
+    p.set_defaults(func=unavailable, unavailable=True)
 
 
 def _apply_choice_rule(parser: argparse.ArgumentParser) -> None:
@@ -97,7 +116,9 @@ def _configure_logging(debug: bool, quiet: bool) -> Callable[[], None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "unavailable", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")  # what parse_args says
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE

@@ -72,6 +72,7 @@ def test_graph_cache_entry_gets_opens_mode(umask: int, tmp_path: Path) -> None:
     assert mode(entry.parent) == 0o777 & ~umask
 
 
+@pytest.mark.needs_export
 def test_int8_writer_gets_opens_mode(umask: int, tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper
@@ -99,6 +100,7 @@ def test_bench_outputs_get_plain_modes(umask: int, tmp_path: Path) -> None:
         assert mode(p) == 0o666 & ~umask, p.name
 
 
+@pytest.mark.needs_export
 def test_exported_folder_is_readable_under_the_callers_umask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """End to end, one export (umask 0o022: folder 0755, files 0644 — readable by another user).
 

@@ -94,6 +94,7 @@ def test_info_prints_a_manifest_holding_a_lone_surrogate(tiny_bert_folder: Path,
     assert "my\ufffdmodel" in out.decode("utf-8")
 
 
+@pytest.mark.needs_bench
 def test_bench_outputs_write_any_str(tmp_path: Path) -> None:
     from test_bench_report import _results
 
@@ -284,7 +285,7 @@ def _torch_logits(hf: Path, pairs: list[tuple[str, str]], **tok_kwargs) -> np.nd
     return np.array(out, dtype=np.float32)
 
 
-def test_a_query_is_not_cut_when_the_pair_fits(tiny_bert_folder: Path, rr32: Reranker) -> None:
+def test_a_query_is_not_cut_when_the_pair_fits(tiny_bert_folder: Path, tiny_bert_hf: Path, rr32: Reranker) -> None:
     """The issue's case scaled to the tiny model (max_length 128): a query of ~100 tokens with a
     short document fits, so nothing is cut; the scores are PyTorch's on the whole pair."""
     from tokenizers import Tokenizer
@@ -301,12 +302,12 @@ def test_a_query_is_not_cut_when_the_pair_fits(tiny_bert_folder: Path, rr32: Rer
     scores, info = rr32.score(q, docs, raw=True, return_info=True)
     assert not info.truncated.any() and not info.query_cut.any() and info.query_truncated == 0
     # (HF's tokenizer reads an empty text_pair as no pair at all, so "" is left out here.)
-    want = _torch_logits(tiny_bert_folder.parent / "hf", [(q, d) for d in docs[:2]])
+    want = _torch_logits(tiny_bert_hf, [(q, d) for d in docs[:2]])
     np.testing.assert_allclose(scores[:2], want, atol=1e-4)
     assert not any(r.truncated or r.query_cut for r in rr32.rerank(q, docs))
 
 
-def test_an_overflowing_query_is_cut_only_as_far_as_needed(tiny_bert_folder: Path, rr32: Reranker) -> None:
+def test_an_overflowing_query_is_cut_only_as_far_as_needed(tiny_bert_folder: Path, tiny_bert_hf: Path, rr32: Reranker) -> None:
     """Short document: the query loses just the overflow, as `tokenizers`' only_first truncation
     does; long document: the query keeps max_query_tokens and the document the rest."""
     from tokenizers import Tokenizer
@@ -329,13 +330,14 @@ def test_an_overflowing_query_is_cut_only_as_far_as_needed(tiny_bert_folder: Pat
     assert enc.ids[enc.offsets[1] :].tolist() == tok.post_process(qe, de).ids
     # PyTorch on the short pair, truncated by the HF tokenizer's only_first.
     scores, info = rr32.score(q, [short], raw=True, return_info=True)
-    want = _torch_logits(tiny_bert_folder.parent / "hf", [(q, short)], truncation="only_first", max_length=128)
+    want = _torch_logits(tiny_bert_hf, [(q, short)], truncation="only_first", max_length=128)
     np.testing.assert_allclose(scores, want, atol=1e-4)
     assert info.query_cut.tolist() == [True] and info.doc_cut.tolist() == [False] and info.truncated.tolist() == [True]
     (r,) = rr32.rerank(q, [short])
     assert r.truncated and r.query_cut and not r.doc_cut
 
 
+@pytest.mark.needs_export  # the families' tokenizers are built with transformers
 @pytest.mark.parametrize("family", ["bert", "xlm-roberta", "deberta-v2", "modernbert"])
 def test_cuts_match_tokenizers_own_truncation_for_every_family(family: str, tmp_path: Path) -> None:
     """Each family's pair template (XLM-R's double separator, DeBERTa's type ids, byte-level BPE):
