@@ -294,6 +294,7 @@ def _run(
         tok_path,
         inputs=graph.inputs,
         pad_token_id=tok_spec.pad_token_id,
+        num_special_tokens_pair=tok_spec.num_special_tokens_pair,
         max_length=max_len,
         activation=act,
         positive_label=positive,
@@ -336,6 +337,7 @@ def _run(
                     tokenizer_json=tok_path,
                     input_names=input_names,
                     max_length=max_len,
+                    num_special_tokens_pair=tok_spec.num_special_tokens_pair,
                 )
             )
         figures["int8"] = validator.figures("int8", int8_path, _CPU)

@@ -94,6 +94,7 @@ from crossrank.atomic import mkdtemp
 from crossrank.errors import ExportError, MissingDependencyError
 
 from .external import data_file_name, needs_external_data
+from .pairs import builtin_calibration_path, encode_batches, read_pairs
 
 __all__ = [
     "INT8_SCHEMES",
@@ -111,7 +112,7 @@ INT8_SCHEMES = ("static", "dynamic")
 DEFAULT_INT8_SCHEME = "static"
 # Which variant's graph each scheme quantizes (see the module docstring for why).
 SOURCE_VARIANT = {"static": "optimized", "dynamic": "optimized"}
-BUILTIN_CALIBRATION = Path(__file__).resolve().parent / "data" / "calibration.jsonl"
+BUILTIN_CALIBRATION = builtin_calibration_path()
 
 # Operators only ORT's transformer optimizer writes: one of them means the graph is the fused one.
 _FUSED_OPS = frozenset(
@@ -134,44 +135,19 @@ _INPUT_VALUES = ("input_ids", "attention_mask", "token_type_ids")
 # Calibration pairs
 # --------------------------------------------------------------------------------------------
 def load_calibration_pairs(path: Path | str | None = None) -> list[tuple[str, str]]:
-    """Read calibration pairs from JSON Lines ``{"query": str, "document": str}``.
+    """Read calibration pairs: any pairs file :func:`crossrank.export.pairs.read_pairs` reads
+    (e.g. JSON Lines ``{"query": str, "document": str}``).
 
-    ``None`` reads the built-in set. Blank lines are skipped; other keys are ignored. A missing or
-    unreadable file, a line that is not a JSON object with string ``query`` and ``document``, an
-    empty query, or a file without any pair raises :class:`~crossrank.errors.ExportError` naming
-    the file (and the line).
+    Args:
+        path: the file; None reads the built-in set (:data:`BUILTIN_CALIBRATION`).
+
+    Returns:
+        ``(query, document)`` pairs in file order.
+
+    Raises:
+        PairsFileError: the file is missing, unreadable or malformed (file and line named).
     """
-    file = BUILTIN_CALIBRATION if path is None else Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise ExportError(f"calibration file {file} does not exist") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise ExportError(f"calibration file {file} cannot be read: {err}") from err
-    pairs: list[tuple[str, str]] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ExportError(f"calibration file {file}, line {lineno}: not valid JSON ({err.msg})") from err
-        if not isinstance(row, dict):
-            raise ExportError(
-                f"calibration file {file}, line {lineno}: expected an object "
-                f'{{"query": ..., "document": ...}}, got {type(row).__name__}'
-            )
-        query, document = row.get("query"), row.get("document")
-        for key, value in (("query", query), ("document", document)):
-            if not isinstance(value, str):
-                what = "missing" if value is None else f"a {type(value).__name__}, not a string"
-                raise ExportError(f'calibration file {file}, line {lineno}: "{key}" is {what}')
-        if not query.strip():
-            raise ExportError(f'calibration file {file}, line {lineno}: "query" is empty')
-        pairs.append((query, document))
-    if not pairs:
-        raise ExportError(f"calibration file {file} holds no pairs")
-    return pairs
+    return list(read_pairs(path, what="calibration").pairs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,13 +201,15 @@ def quantize_int8(
     tokenizer_json: Path,
     input_names: list[str],
     max_length: int,
+    num_special_tokens_pair: int = 0,
 ) -> dict:
     """Quantize ``src_onnx`` to int8, write ``dst_onnx``, and return the settings for the manifest.
 
     ``scheme`` is one of :data:`INT8_SCHEMES`; ``src_onnx`` is the graph of variant
     ``SOURCE_VARIANT[scheme]`` (the ORT-optimized one). ``calibration_pairs`` (static only;
     ``None`` = the built-in set), ``tokenizer_json``, ``input_names`` (the graph inputs the runtime
-    feeds) and ``max_length`` make the calibration inputs exactly as the runtime makes them.
+    feeds), ``max_length`` and ``num_special_tokens_pair`` (the manifest's; 0: what the
+    tokenizer's template adds) make the calibration inputs exactly as the runtime makes them.
     Every failure raises :class:`~crossrank.errors.ExportError`, an onnxruntime error as its
     ``__cause__``; the file is written atomically, so a failure leaves ``dst_onnx`` as it was.
     """
@@ -286,7 +264,7 @@ def quantize_int8(
             pairs = load_calibration_pairs(None) if calibration_pairs is None else list(calibration_pairs)
             feeds = _calibration_feeds(
                 pairs, tokenizer_json=tokenizer_json, input_types=input_types,
-                input_names=input_names, max_length=max_length,
+                input_names=input_names, max_length=max_length, num_special_tokens_pair=num_special_tokens_pair,
             )
             ranges = _minmax(onnx, onnxruntime, src_onnx, sorted(set(targets.values())), feeds)
         with tempfile.TemporaryDirectory(prefix="crossrank-int8-") as tmp:
@@ -417,32 +395,30 @@ def _calibration_feeds(
     input_types: dict[str, int],
     input_names: Sequence[str],
     max_length: int,
+    num_special_tokens_pair: int,
 ) -> list[dict[str, Any]]:
-    import numpy as np
     from onnx import TensorProto
-    from tokenizers import Tokenizer
 
-    np_types = {TensorProto.INT64: np.int64, TensorProto.INT32: np.int32}
+    dtypes = {TensorProto.INT64: "int64", TensorProto.INT32: "int32"}
     for name in input_names:
         if name not in _INPUT_VALUES:
             raise ExportError(f"cannot make calibration values for graph input {name!r}")
-        if input_types[name] not in np_types:
+        if input_types[name] not in dtypes:
             raise ExportError(f"graph input {name!r} has ONNX element type {input_types[name]}, expected int64 or int32")
-    try:
-        tok = Tokenizer.from_file(str(tokenizer_json))
-    except Exception as err:  # tokenizers raises a bare Exception on a bad file
-        raise ExportError(f"cannot load tokenizer {tokenizer_json}: {_first_line(err)}") from err
-    tok.no_padding()
-    tok.enable_truncation(max_length=max_length, strategy="only_second")
-    feeds = []
-    for i, (query, document) in enumerate(pairs):
-        try:
-            enc = tok.encode(query, document)
-        except Exception as err:  # e.g. a query longer than max_length with only_second
-            raise ExportError(f"calibration pair {i} cannot be tokenized within max_length {max_length}: {_first_line(err)}") from err
-        values = {"input_ids": enc.ids, "attention_mask": [1] * len(enc.ids), "token_type_ids": enc.type_ids}
-        feeds.append({name: np.asarray([values[name]], dtype=np_types[input_types[name]]) for name in input_names})
-    return feeds
+    # the runtime's own encoder, one pair per batch: no padding enters the ranges (their order
+    # does not matter to MinMax)
+    batches, _ = encode_batches(
+        pairs,
+        tokenizer_json,
+        max_length=max_length,
+        num_special_tokens_pair=num_special_tokens_pair,
+        input_names=list(input_names),
+        input_dtypes=[dtypes[input_types[n]] for n in input_names],
+        pad_token_id=0,  # batches of one pair are never padded
+        batch_tokens=max_length,
+        max_batch_size=1,
+    )
+    return [b.feed for b in batches]
 
 
 def _freeze_activation_scales(qmodel: Any, ranges: tuple[dict[str, float], dict[str, float]]) -> int:

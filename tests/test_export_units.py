@@ -13,8 +13,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from crossrank.errors import InvalidInputError, OutputExistsError, SourceModelError
+from crossrank.errors import ExportError, InvalidInputError, OutputExistsError, SourceModelError
 from crossrank.export import read_pairs
+from crossrank.export.pairs import PairsFileError
 from crossrank.export.pairs import builtin_validation_path
 from crossrank.export.source import resolve_activation, resolve_positive_label
 from crossrank.export.validate import check_thresholds, spearman
@@ -51,13 +52,30 @@ def test_pairs_file_formats_and_groups(tmp_path: Path) -> None:
         ('{"query": "q", "passages": ["a", 3]}\n', r":1: needs a string 'passage'"),
         ('{"passage": "p"}\n', r":1: 'query' must be a string"),
         ('[1, 2]\n', r":1: each line must be a JSON object"),
+        ('{"query": " ", "passage": "p"}\n', r":1: 'query' is empty"),
     ],
 )
 def test_bad_pairs_files(tmp_path: Path, content: str, message: str) -> None:
     f = tmp_path / "bad.jsonl"
     f.write_text(content)
-    with pytest.raises(InvalidInputError, match=message):
-        read_pairs(f)
+    # one error class for validation and calibration files: an input error that stops an export
+    for what in ("validation", "calibration"):
+        with pytest.raises(PairsFileError, match=message) as info:
+            read_pairs(f, what=what)
+        assert isinstance(info.value, InvalidInputError) and isinstance(info.value, ExportError)
+
+
+def test_calibration_files_are_pairs_files(tmp_path: Path) -> None:
+    """The committed calibration set and a user's {"query", "document", "label"} lines read with the one reader."""
+    from crossrank.export.quantize import BUILTIN_CALIBRATION, load_calibration_pairs
+
+    ps = read_pairs(None, what="calibration")
+    assert ps.source == "built-in" and len(ps.pairs) == 179
+    assert ps.pairs == read_pairs(BUILTIN_CALIBRATION).pairs
+    assert load_calibration_pairs(None) == list(ps.pairs)
+    f = tmp_path / "cal.jsonl"
+    f.write_text(json.dumps({"query": "q1", "document": "d1", "label": 1}) + "\n")
+    assert read_pairs(f, what="calibration").pairs == (("q1", "d1"),)
 
 
 def test_builtin_validation_set() -> None:
