@@ -24,24 +24,9 @@ Two schemes, :data:`INT8_SCHEMES`; both quantize the ORT-optimized (fused) graph
     batch, so a pair's score moves with its batch companions (measured: up to 0.6 logit), and
     the min/max pass costs time on every call.
 
-Figures (``python benchmarks/int8_study.py --model HF_FOLDER --candidates
-crossrank-static,crossrank-dynamic,dyn-plain-st --ndcg trec:512,scifact:256``; real MiniLM-L6
-cross-encoder, 2-core AVX2 EPYC, 2026-11-26; nDCG@10 as a share of fp32's):
-
-=================  ==============  ===================  =========================  ==================
-scheme             TREC DL 2020    SciFact (256 tok.)   speed vs fp32 @50 TREC DL  batch-invariance
-=================  ==============  ===================  =========================  ==================
-static (default)   99.96%          100.54%              1.46x                      0 (exact)
-dynamic            99.32%          100.31%              1.47x                      0.58 logit
-ST's avx2 recipe   100.25%         100.32%              1.25x                      0.59 logit
-=================  ==============  ===================  =========================  ==================
-
-Static keeps the ranking as well as dynamic does, is as fast, and is the only exactly
-batch-invariant one: it is the default. (SciFact at 512 tokens, the runtime default, all 300 claims:
-static 0.6606 vs fp32 0.6585.) Keeping the two widest-range feed-forward down-projections in fp32
-cut the mean |Δ logit| against fp32 by a third on a TREC/SciFact sample, but did not rank better
-(all 300 SciFact claims at 512 tokens: 0.6549 against 0.6606 with every projection quantized) and
-cost 7% of the speed, so every projection is quantized.
+Static is the default: it ranks as well as dynamic, is as fast, and is the only exactly
+batch-invariant one, and every projection is quantized; the measurements and the commands that
+made them are in ``docs/int8-scheme.md``.
 
 Source graph
     ``model.opt.onnx``: ONNX Runtime's transformer fusions pack Q/K/V into a com.microsoft
@@ -53,9 +38,7 @@ Source graph
     whose file to pass. Where the optimized graph's last layer was pruned to the [CLS] position
     (:mod:`crossrank.export.prune`), that layer has no ``Attention``: its query and packed
     key/value projections are plain weight MatMuls and are quantized like the others (one
-    ``QAttention`` fewer, two ``MatMulIntegerToFloat`` more). The table above was measured
-    before that pruning (commit 45eef49); pruning made static int8 1.24x faster at 50 TREC DL
-    candidates (546 against 676 ms, same batches). Graphs the optimizer could not fuse attention in (DeBERTa-v2, ModernBERT,
+    ``QAttention`` fewer, two ``MatMulIntegerToFloat`` more). Graphs the optimizer could not fuse attention in (DeBERTa-v2, ModernBERT,
     or its basic-passes fallback) work too: their weight MatMuls are quantized the same way
     (``source_fused_ops`` and ``attention_quantized`` in the settings say what was there).
 
@@ -73,15 +56,15 @@ External data
     :data:`~crossrank.export.external.EXTERNAL_DATA_BYTES`.
 
 Calibration pairs
-    :func:`load_calibration_pairs` reads JSON Lines ``{"query": ..., "document": ...}``; with no
-    path it returns the built-in set ``data/calibration.jsonl`` (invented English search/RAG pairs,
-    short and long passages, relevant and not). Calibration feeds one pair per batch, tokenized as
-    the runtime tokenizes (pair truncation ``only_second`` at ``max_length``), so no padding enters
-    the ranges. Use the ``max_length`` the runtime will use.
+    :func:`load_calibration_pairs` reads any pairs file (:mod:`crossrank.export.pairs`, e.g. JSON
+    Lines ``{"query": ..., "document": ...}``); with no path it returns the built-in set
+    ``data/calibration.jsonl`` (invented English search/RAG pairs, short and long passages,
+    relevant and not). Calibration feeds one pair per batch, encoded by the runtime's own
+    ``PairEncoder`` (:func:`crossrank.export.pairs.encode_batches`), so no padding enters the
+    ranges. Use the ``max_length`` the runtime will use.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
