@@ -88,13 +88,30 @@ def mean_ndcg(records: list[dict], flat_scores: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------------
 # scoring
 # ------------------------------------------------------------------------------------------------
-def make_tokenizer(path: Path, max_length: int):
-    from tokenizers import Tokenizer
+class _Row:
+    """One encoded pair, shaped like a `tokenizers` Encoding for score() and _Reader."""
 
-    tok = Tokenizer.from_file(str(path))
-    tok.no_padding()
-    tok.enable_truncation(max_length=max_length, strategy="only_second")
-    return tok
+    def __init__(self, ids: np.ndarray, type_ids: np.ndarray) -> None:
+        self.ids, self.type_ids = ids, type_ids
+
+
+class _RuntimeTokenizer:
+    """The runtime's own PairEncoder (crossrank.tokenize), so the study's inputs are the ones users get."""
+
+    def __init__(self, encoder) -> None:
+        self.encoder = encoder
+
+    def encode_batch(self, pairs: list[tuple[str, str]]) -> list[_Row]:
+        enc = self.encoder.encode(list(pairs))
+        o = enc.offsets
+        return [_Row(enc.ids[o[i] : o[i + 1]], enc.type_ids[o[i] : o[i + 1]]) for i in range(len(enc))]
+
+
+def make_tokenizer(path: Path, max_length: int) -> _RuntimeTokenizer:
+    from crossrank.tokenize import PairEncoder
+
+    # num_special_tokens_pair 0: the tokenizer's own pair template decides (an HF folder has no manifest)
+    return _RuntimeTokenizer(PairEncoder(path, max_length=max_length, num_special_tokens_pair=0))
 
 
 def make_session(path: Path, threads: int):

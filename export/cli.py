@@ -25,8 +25,8 @@ def register(subparsers: Any) -> None:
         "fp32 and optimized variants, optionally int8 (CPU) and fp16 (CUDA), each validated against PyTorch. "
         'Needs the export extra: pip install "crossrank[export]".',
     )
-    p.add_argument("source", metavar="SOURCE", help="Hugging Face hub id (org/name) or local model folder")
-    p.add_argument("out", metavar="OUT", help="output folder; an existing non-crossrank folder is never overwritten")
+    p.add_argument("source", metavar="SOURCE", help="Hugging Face hub id (org/name) or local model folder (with --add: the FOLDER)")
+    p.add_argument("out", metavar="OUT", nargs="?", help="output folder; an existing non-crossrank folder is never overwritten")
     p.add_argument("--revision", metavar="R", help="hub revision (branch, tag or commit) to export")
     p.add_argument("--int8", action="store_true", help="add the int8 variant for the CPU")
     p.add_argument("--int8-scheme", choices=INT8_SCHEMES, help="int8 scheme: static (calibrated) or dynamic (default: crossrank's measured choice)")
@@ -42,7 +42,27 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-prune-last-layer", dest="prune_last_layer", action="store_false",
                    help="compute the last layer for every token (default: for [CLS] only when the head reads only [CLS])")
     p.add_argument("--opset", metavar="N", type=int, help="ONNX opset (default: optimum's for the architecture)")
+    _register_add(p)
     p.set_defaults(func=_run)
+
+
+def _register_add(p: argparse.ArgumentParser) -> None:
+    """`crossrank export --add VARIANT FOLDER [--source SRC] [--no-validate]` (see add_variant)."""
+    from .pipeline import ADDABLE_VARIANTS
+
+    p.add_argument("--add", metavar="VARIANT", choices=tuple(ADDABLE_VARIANTS),
+                   help="add or replace one variant (optimized, int8, fp16) of the existing crossrank folder given as "
+                   "SOURCE, all or nothing; --int8-scheme, --calibration, --validation, --keep-failed, "
+                   "--no-prune-last-layer and --allow-pickle apply")
+    p.add_argument("--source", dest="add_source", metavar="SRC",
+                   help="with --add: the Hugging Face model the folder came from, for the PyTorch reference "
+                   "(default: the source its manifest records)")
+    p.add_argument("--no-validate", dest="add_validate", action="store_false",
+                   help="with --add: write the variant without validating it against PyTorch (recorded as skipped)")
+
+
+# options of a full export that --add does not take (it reads them from the folder's manifest)
+_NOT_WITH_ADD = ("int8", "fp16", "force", "activation", "positive_label", "max_length", "opset")
 
 
 class _TerminalProgress:
@@ -58,30 +78,31 @@ class _TerminalProgress:
         self.stream.flush()
 
 
+def _options(args: argparse.Namespace) -> Any:
+    """The command line's ExportOptions (validated there, like the Python API's)."""
+    from .options import ExportOptions
+
+    return ExportOptions(**{name: getattr(args, name) for name in ExportOptions.field_names()})
+
+
 def _run(args: argparse.Namespace) -> int:
+    from crossrank.errors import InvalidInputError
     from crossrank.info_cli import format_summary
 
     from . import export_model
 
+    if getattr(args, "add", None):
+        return _run_add(args)
+    if args.out is None:
+        raise InvalidInputError("crossrank export needs SOURCE and OUT (or --add VARIANT FOLDER)")
+    if args.add_source is not None or args.add_validate is False:
+        raise InvalidInputError("--source and --no-validate apply only with --add")
     interactive = sys.stderr.isatty() and not getattr(args, "quiet", False)
     started = time.perf_counter()
     manifest = export_model(
         args.source,
         args.out,
-        revision=args.revision,
-        int8=args.int8,
-        int8_scheme=args.int8_scheme,
-        calibration=args.calibration,
-        fp16=args.fp16,
-        activation=args.activation,
-        positive_label=args.positive_label,
-        max_length=args.max_length,
-        validation=args.validation,
-        allow_pickle=args.allow_pickle,
-        force=args.force,
-        keep_failed=args.keep_failed,
-        opset=args.opset,
-        prune_last_layer=args.prune_last_layer,
+        options=_options(args),
         progress=_TerminalProgress(sys.stderr) if interactive else None,
     )
     seconds = time.perf_counter() - started
@@ -93,4 +114,43 @@ def _run(args: argparse.Namespace) -> int:
     print(format_summary(manifest, out))
     if failed:
         print(f"warning: kept variants that FAILED validation: {', '.join(failed)}", file=sys.stderr)
+    return 0
+
+
+def _run_add(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from crossrank.errors import InvalidInputError
+    from crossrank.info_cli import format_summary
+
+    from . import add_variant
+
+    if args.out is not None:
+        raise InvalidInputError(f"--add takes one FOLDER, not also {args.out!r}")
+    defaults = {"int8": False, "fp16": False, "force": False, "activation": None, "positive_label": None,
+                "max_length": None, "opset": None}
+    wrong = [f"--{k.replace('_', '-')}" for k in _NOT_WITH_ADD if getattr(args, k) != defaults[k]]
+    if wrong:
+        raise InvalidInputError(f"{', '.join(wrong)} do not apply with --add (the folder's manifest decides them)")
+    interactive = sys.stderr.isatty() and not getattr(args, "quiet", False)
+    started = time.perf_counter()
+    manifest = add_variant(
+        args.source,
+        args.add,
+        source=args.add_source,
+        revision=args.revision,
+        validate=args.add_validate,
+        int8_scheme=args.int8_scheme,
+        calibration=args.calibration,
+        prune_last_layer=args.prune_last_layer,
+        validation=args.validation,
+        allow_pickle=args.allow_pickle,
+        keep_failed=args.keep_failed,
+        progress=_TerminalProgress(sys.stderr) if interactive else None,
+    )
+    folder = Path(args.source).expanduser().absolute()
+    print(f"added {args.add} to {folder} in {time.perf_counter() - started:.1f} s")
+    print(format_summary(manifest, folder))
+    if manifest.variants.get(args.add) is not None and manifest.variants[args.add].validation.get("passed") is False:
+        print(f"warning: kept variant {args.add} that FAILED validation", file=sys.stderr)
     return 0

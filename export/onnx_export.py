@@ -34,7 +34,6 @@ class GraphInfo:
     inputs: tuple[InputSpec, ...]
     output: OutputSpec
     opset: int
-    output_width: int | None
 
 
 def check_exportable(model_type: str, ident: str) -> None:
@@ -199,4 +198,4 @@ def read_graph(path: Path, *, expect_labels: int | None = None) -> GraphInfo:
     if problems:
         raise ExportError(f"{path.name}: the exported graph is not usable: " + "; ".join(problems))
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    return GraphInfo(inputs=tuple(inputs), output=output, opset=int(opset), output_width=width)
+    return GraphInfo(inputs=tuple(inputs), output=output, opset=int(opset))

@@ -9,10 +9,9 @@ optimizations and records the reason. The provider-specific levels (extended, la
 the runtime's session, so the file stays valid for CPU and CUDA alike.
 
 When attention was fused and the classification head reads only the first token, the last layer
-is then pruned to that token (:mod:`crossrank.export.prune`; 14% fewer weight multiply-adds for
-MiniLM-L6; on the real model at 50 TREC DL candidates, same batches: fp32 1,020 -> 906 ms, static
-int8 676 -> 546 ms, i.e. 1.13x and 1.24x). ``last_layer_pruned`` and ``last_layer_note`` in the
-settings say whether it was, and why not.
+is then pruned to that token (:mod:`crossrank.export.prune`): chosen because it cuts MiniLM-L6's
+weight multiply-adds by 14% at the same scores; timings in ``docs/graph-fusions.md``.
+``last_layer_pruned`` and ``last_layer_note`` in the settings say whether it was, and why not.
 
 A source graph with external data (over 2 GB) is read with it by onnxruntime's optimizer; the
 optimized graph is written the same way (``model.opt.onnx`` + ``model.opt.onnx.data``) when its

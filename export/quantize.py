@@ -24,24 +24,9 @@ Two schemes, :data:`INT8_SCHEMES`; both quantize the ORT-optimized (fused) graph
     batch, so a pair's score moves with its batch companions (measured: up to 0.6 logit), and
     the min/max pass costs time on every call.
 
-Figures (``python benchmarks/int8_study.py --model HF_FOLDER --candidates
-crossrank-static,crossrank-dynamic,dyn-plain-st --ndcg trec:512,scifact:256``; real MiniLM-L6
-cross-encoder, 2-core AVX2 EPYC, 2026-11-26; nDCG@10 as a share of fp32's):
-
-=================  ==============  ===================  =========================  ==================
-scheme             TREC DL 2020    SciFact (256 tok.)   speed vs fp32 @50 TREC DL  batch-invariance
-=================  ==============  ===================  =========================  ==================
-static (default)   99.96%          100.54%              1.46x                      0 (exact)
-dynamic            99.32%          100.31%              1.47x                      0.58 logit
-ST's avx2 recipe   100.25%         100.32%              1.25x                      0.59 logit
-=================  ==============  ===================  =========================  ==================
-
-Static keeps the ranking as well as dynamic does, is as fast, and is the only exactly
-batch-invariant one: it is the default. (SciFact at 512 tokens, the runtime default, all 300 claims:
-static 0.6606 vs fp32 0.6585.) Keeping the two widest-range feed-forward down-projections in fp32
-cut the mean |Δ logit| against fp32 by a third on a TREC/SciFact sample, but did not rank better
-(all 300 SciFact claims at 512 tokens: 0.6549 against 0.6606 with every projection quantized) and
-cost 7% of the speed, so every projection is quantized.
+Static is the default: it ranks as well as dynamic, is as fast, and is the only exactly
+batch-invariant one, and every projection is quantized; the measurements and the commands that
+made them are in ``docs/int8-scheme.md``.
 
 Source graph
     ``model.opt.onnx``: ONNX Runtime's transformer fusions pack Q/K/V into a com.microsoft
@@ -53,9 +38,7 @@ Source graph
     whose file to pass. Where the optimized graph's last layer was pruned to the [CLS] position
     (:mod:`crossrank.export.prune`), that layer has no ``Attention``: its query and packed
     key/value projections are plain weight MatMuls and are quantized like the others (one
-    ``QAttention`` fewer, two ``MatMulIntegerToFloat`` more). The table above was measured
-    before that pruning (commit 45eef49); pruning made static int8 1.24x faster at 50 TREC DL
-    candidates (546 against 676 ms, same batches). Graphs the optimizer could not fuse attention in (DeBERTa-v2, ModernBERT,
+    ``QAttention`` fewer, two ``MatMulIntegerToFloat`` more). Graphs the optimizer could not fuse attention in (DeBERTa-v2, ModernBERT,
     or its basic-passes fallback) work too: their weight MatMuls are quantized the same way
     (``source_fused_ops`` and ``attention_quantized`` in the settings say what was there).
 
@@ -73,15 +56,15 @@ External data
     :data:`~crossrank.export.external.EXTERNAL_DATA_BYTES`.
 
 Calibration pairs
-    :func:`load_calibration_pairs` reads JSON Lines ``{"query": ..., "document": ...}``; with no
-    path it returns the built-in set ``data/calibration.jsonl`` (invented English search/RAG pairs,
-    short and long passages, relevant and not). Calibration feeds one pair per batch, tokenized as
-    the runtime tokenizes (pair truncation ``only_second`` at ``max_length``), so no padding enters
-    the ranges. Use the ``max_length`` the runtime will use.
+    :func:`load_calibration_pairs` reads any pairs file (:mod:`crossrank.export.pairs`, e.g. JSON
+    Lines ``{"query": ..., "document": ...}``); with no path it returns the built-in set
+    ``data/calibration.jsonl`` (invented English search/RAG pairs, short and long passages,
+    relevant and not). Calibration feeds one pair per batch, encoded by the runtime's own
+    ``PairEncoder`` (:func:`crossrank.export.pairs.encode_batches`), so no padding enters the
+    ranges. Use the ``max_length`` the runtime will use.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -94,6 +77,7 @@ from crossrank.atomic import mkdtemp
 from crossrank.errors import ExportError, MissingDependencyError
 
 from .external import data_file_name, needs_external_data
+from .pairs import builtin_calibration_path, encode_batches, read_pairs
 
 __all__ = [
     "INT8_SCHEMES",
@@ -111,7 +95,7 @@ INT8_SCHEMES = ("static", "dynamic")
 DEFAULT_INT8_SCHEME = "static"
 # Which variant's graph each scheme quantizes (see the module docstring for why).
 SOURCE_VARIANT = {"static": "optimized", "dynamic": "optimized"}
-BUILTIN_CALIBRATION = Path(__file__).resolve().parent / "data" / "calibration.jsonl"
+BUILTIN_CALIBRATION = builtin_calibration_path()
 
 # Operators only ORT's transformer optimizer writes: one of them means the graph is the fused one.
 _FUSED_OPS = frozenset(
@@ -134,44 +118,19 @@ _INPUT_VALUES = ("input_ids", "attention_mask", "token_type_ids")
 # Calibration pairs
 # --------------------------------------------------------------------------------------------
 def load_calibration_pairs(path: Path | str | None = None) -> list[tuple[str, str]]:
-    """Read calibration pairs from JSON Lines ``{"query": str, "document": str}``.
+    """Read calibration pairs: any pairs file :func:`crossrank.export.pairs.read_pairs` reads
+    (e.g. JSON Lines ``{"query": str, "document": str}``).
 
-    ``None`` reads the built-in set. Blank lines are skipped; other keys are ignored. A missing or
-    unreadable file, a line that is not a JSON object with string ``query`` and ``document``, an
-    empty query, or a file without any pair raises :class:`~crossrank.errors.ExportError` naming
-    the file (and the line).
+    Args:
+        path: the file; None reads the built-in set (:data:`BUILTIN_CALIBRATION`).
+
+    Returns:
+        ``(query, document)`` pairs in file order.
+
+    Raises:
+        PairsFileError: the file is missing, unreadable or malformed (file and line named).
     """
-    file = BUILTIN_CALIBRATION if path is None else Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise ExportError(f"calibration file {file} does not exist") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise ExportError(f"calibration file {file} cannot be read: {err}") from err
-    pairs: list[tuple[str, str]] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ExportError(f"calibration file {file}, line {lineno}: not valid JSON ({err.msg})") from err
-        if not isinstance(row, dict):
-            raise ExportError(
-                f"calibration file {file}, line {lineno}: expected an object "
-                f'{{"query": ..., "document": ...}}, got {type(row).__name__}'
-            )
-        query, document = row.get("query"), row.get("document")
-        for key, value in (("query", query), ("document", document)):
-            if not isinstance(value, str):
-                what = "missing" if value is None else f"a {type(value).__name__}, not a string"
-                raise ExportError(f'calibration file {file}, line {lineno}: "{key}" is {what}')
-        if not query.strip():
-            raise ExportError(f'calibration file {file}, line {lineno}: "query" is empty')
-        pairs.append((query, document))
-    if not pairs:
-        raise ExportError(f"calibration file {file} holds no pairs")
-    return pairs
+    return list(read_pairs(path, what="calibration").pairs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,13 +184,15 @@ def quantize_int8(
     tokenizer_json: Path,
     input_names: list[str],
     max_length: int,
+    num_special_tokens_pair: int = 0,
 ) -> dict:
     """Quantize ``src_onnx`` to int8, write ``dst_onnx``, and return the settings for the manifest.
 
     ``scheme`` is one of :data:`INT8_SCHEMES`; ``src_onnx`` is the graph of variant
     ``SOURCE_VARIANT[scheme]`` (the ORT-optimized one). ``calibration_pairs`` (static only;
     ``None`` = the built-in set), ``tokenizer_json``, ``input_names`` (the graph inputs the runtime
-    feeds) and ``max_length`` make the calibration inputs exactly as the runtime makes them.
+    feeds), ``max_length`` and ``num_special_tokens_pair`` (the manifest's; 0: what the
+    tokenizer's template adds) make the calibration inputs exactly as the runtime makes them.
     Every failure raises :class:`~crossrank.errors.ExportError`, an onnxruntime error as its
     ``__cause__``; the file is written atomically, so a failure leaves ``dst_onnx`` as it was.
     """
@@ -286,7 +247,7 @@ def quantize_int8(
             pairs = load_calibration_pairs(None) if calibration_pairs is None else list(calibration_pairs)
             feeds = _calibration_feeds(
                 pairs, tokenizer_json=tokenizer_json, input_types=input_types,
-                input_names=input_names, max_length=max_length,
+                input_names=input_names, max_length=max_length, num_special_tokens_pair=num_special_tokens_pair,
             )
             ranges = _minmax(onnx, onnxruntime, src_onnx, sorted(set(targets.values())), feeds)
         with tempfile.TemporaryDirectory(prefix="crossrank-int8-") as tmp:
@@ -417,32 +378,30 @@ def _calibration_feeds(
     input_types: dict[str, int],
     input_names: Sequence[str],
     max_length: int,
+    num_special_tokens_pair: int,
 ) -> list[dict[str, Any]]:
-    import numpy as np
     from onnx import TensorProto
-    from tokenizers import Tokenizer
 
-    np_types = {TensorProto.INT64: np.int64, TensorProto.INT32: np.int32}
+    dtypes = {TensorProto.INT64: "int64", TensorProto.INT32: "int32"}
     for name in input_names:
         if name not in _INPUT_VALUES:
             raise ExportError(f"cannot make calibration values for graph input {name!r}")
-        if input_types[name] not in np_types:
+        if input_types[name] not in dtypes:
             raise ExportError(f"graph input {name!r} has ONNX element type {input_types[name]}, expected int64 or int32")
-    try:
-        tok = Tokenizer.from_file(str(tokenizer_json))
-    except Exception as err:  # tokenizers raises a bare Exception on a bad file
-        raise ExportError(f"cannot load tokenizer {tokenizer_json}: {_first_line(err)}") from err
-    tok.no_padding()
-    tok.enable_truncation(max_length=max_length, strategy="only_second")
-    feeds = []
-    for i, (query, document) in enumerate(pairs):
-        try:
-            enc = tok.encode(query, document)
-        except Exception as err:  # e.g. a query longer than max_length with only_second
-            raise ExportError(f"calibration pair {i} cannot be tokenized within max_length {max_length}: {_first_line(err)}") from err
-        values = {"input_ids": enc.ids, "attention_mask": [1] * len(enc.ids), "token_type_ids": enc.type_ids}
-        feeds.append({name: np.asarray([values[name]], dtype=np_types[input_types[name]]) for name in input_names})
-    return feeds
+    # the runtime's own encoder, one pair per batch: no padding enters the ranges (their order
+    # does not matter to MinMax)
+    batches, _ = encode_batches(
+        pairs,
+        tokenizer_json,
+        max_length=max_length,
+        num_special_tokens_pair=num_special_tokens_pair,
+        input_names=list(input_names),
+        input_dtypes=[dtypes[input_types[n]] for n in input_names],
+        pad_token_id=0,  # batches of one pair are never padded
+        batch_tokens=max_length,
+        max_batch_size=1,
+    )
+    return [b.feed for b in batches]
 
 
 def _freeze_activation_scales(qmodel: Any, ranges: tuple[dict[str, float], dict[str, float]]) -> int:

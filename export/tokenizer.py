@@ -112,6 +112,10 @@ def check_tokenizer(
 
     Pairs whose query alone overflows ``max_length`` are skipped (the runtime cuts those queries
     itself). Returns how many pairs were compared.
+
+    This checks the tokenizer *file* (its vocabulary, template and baked ``only_second`` truncation)
+    against the source's, so it encodes with the file's own settings, not through the runtime's
+    ``PairEncoder``; validation and calibration use the runtime path (:mod:`crossrank.export.pairs`).
     """
     from tokenizers import Tokenizer
 

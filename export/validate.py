@@ -8,9 +8,9 @@ Figures per variant (all recorded in the manifest):
 * ``top5_agreement``: mean overlap of the top-5 sets, over queries with more than 5 passages.
 
 Thresholds: fp32 and optimized max |Δ| ≤ 1e-4, fp16 ≤ 2e-2, int8 Spearman ≥ 0.99.
-Inputs are tokenized once with the folder's own tokenizer.json (longest-first truncation so a
-user's over-long query cannot stop validation), sorted by length and cut into padded batches; the
-reference and every variant see exactly the same batches.
+Inputs are made once by the runtime's own path (``PairEncoder`` + ``plan_batches`` / ``pad_batch``,
+:func:`crossrank.export.pairs.encode_batches`): the same truncation, batching and right padding
+users get; the reference and every variant see exactly the same batches.
 """
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ import numpy as np
 from crossrank.activation import apply_activation
 from crossrank.manifest import InputSpec
 
-from .pairs import PairSet
+from .pairs import PairSet, encode_batches
 from .source import first_line
 
-__all__ = ["THRESHOLDS", "Validator", "spearman", "check_thresholds"]
+__all__ = ["THRESHOLDS", "Validator", "ValidationResult", "spearman", "check_thresholds"]
 
 THRESHOLDS: dict[str, dict[str, float]] = {
     "fp32": {"max_abs_diff": 1e-4},
@@ -80,13 +80,48 @@ def check_thresholds(variant: str, figures: Mapping[str, Any]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class _Batch:
-    index: np.ndarray  # pair indices in this batch
-    feed: dict[str, np.ndarray]
+class ValidationResult:
+    """One variant's validation against PyTorch, computed once and recorded as it is.
+
+    Attributes:
+        variant: the variant's name ("fp32", "optimized", "int8", "fp16").
+        figures: what the manifest records as the variant's ``validation`` (see the module
+            docstring; ``passed`` included).
+        reasons: why it missed its thresholds (empty when it passed).
+    """
+
+    variant: str
+    figures: Mapping[str, Any]
+    reasons: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.reasons
+
+    def note(self) -> str:
+        """The reasons and headline figures in one line, for errors and logs."""
+        parts = []
+        for key, label, fmt in (
+            ("max_abs_diff", "max|Δ|", "{:.3g}"),
+            ("spearman", "Spearman", "{:.4f}"),
+            ("top1_agreement", "top-1", "{:.3f}"),
+            ("top5_agreement", "top-5", "{:.3f}"),
+        ):
+            v = self.figures.get(key)
+            if isinstance(v, (int, float)):
+                parts.append(f"{label} {fmt.format(v)}")
+        figs = f" ({', '.join(parts)} on {self.figures.get('pairs')} pairs)" if parts else ""
+        return ", ".join(self.reasons) + figs
 
 
 class Validator:
-    """Holds the tokenized validation pairs and the PyTorch reference logits."""
+    """Holds the validation pairs as model inputs and the PyTorch reference logits.
+
+    The inputs are made by the runtime's own path (:func:`crossrank.export.pairs.encode_batches`:
+    ``PairEncoder``'s truncation rules, length-sorted batches of at most 32 pairs and 8192 padded
+    tokens, right padding), so the figures describe what users run; the reference and every
+    variant see exactly the same batches.
+    """
 
     def __init__(
         self,
@@ -95,45 +130,28 @@ class Validator:
         *,
         inputs: Sequence[InputSpec],
         pad_token_id: int,
+        num_special_tokens_pair: int,
         max_length: int,
         activation: str,
         positive_label: int,
     ) -> None:
-        from tokenizers import Tokenizer
-
         self.pairset = pairset
         self.inputs = tuple(inputs)
         self.activation = activation
         self.positive_label = positive_label
-        tok = Tokenizer.from_file(str(tokenizer_json))
-        tok.no_padding()
-        tok.enable_truncation(max_length=max_length, strategy="longest_first")
-        encodings = tok.encode_batch(list(pairset.pairs))
-        lengths = np.array([len(e.ids) for e in encodings])
-        self.num_truncated = int(sum(1 for e in encodings if e.overflowing))
-        self.tokens = int(lengths.sum())
-        order = np.argsort(lengths, kind="stable")
-        self.batches: list[_Batch] = []
-        start = 0
-        while start < len(order):
-            end = start + 1
-            while end < len(order) and end - start < _MAX_BATCH and (end - start + 1) * lengths[order[end]] <= _MAX_BATCH_TOKENS:
-                end += 1
-            idx = order[start:end]
-            width = int(lengths[idx].max())
-            ids = np.full((len(idx), width), pad_token_id, np.int64)
-            mask = np.zeros((len(idx), width), np.int64)
-            types = np.zeros((len(idx), width), np.int64)
-            for row, i in enumerate(idx):
-                e = encodings[i]
-                n = len(e.ids)
-                ids[row, :n] = e.ids
-                mask[row, :n] = e.attention_mask
-                types[row, :n] = e.type_ids
-            arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-            feed = {spec.name: arrays[spec.name].astype(np.int32 if spec.dtype == "int32" else np.int64) for spec in self.inputs}
-            self.batches.append(_Batch(index=idx, feed=feed))
-            start = end
+        self.batches, encoded = encode_batches(
+            pairset.pairs,
+            tokenizer_json,
+            max_length=max_length,
+            num_special_tokens_pair=num_special_tokens_pair,
+            input_names=[i.name for i in self.inputs],
+            input_dtypes=[i.dtype for i in self.inputs],
+            pad_token_id=pad_token_id,
+            batch_tokens=_MAX_BATCH_TOKENS,
+            max_batch_size=_MAX_BATCH,
+        )
+        self.num_truncated = int(np.sum(encoded.truncated))
+        self.tokens = int(np.sum(encoded.lengths))
         self.reference: np.ndarray | None = None
         self.reference_seconds = 0.0
 
@@ -149,7 +167,7 @@ class Validator:
                 logits = model(**feed).logits.float().numpy().astype(np.float64)
                 if out is None:
                     out = np.zeros((len(self.pairset.pairs), logits.shape[1]), np.float64)
-                out[batch.index] = logits
+                out[batch.rows] = logits
         self.reference_seconds = time.perf_counter() - t0
         assert out is not None
         self.reference = out
@@ -168,11 +186,28 @@ class Validator:
                 logits = logits[:, None]
             if out is None:
                 out = np.zeros((len(self.pairset.pairs), logits.shape[1]), np.float64)
-            out[batch.index] = logits
+            out[batch.rows] = logits
         assert out is not None
         return out
 
     # -- figures -------------------------------------------------------------------------------
+    def validate(self, variant: str, path: Path, providers: Sequence[str]) -> ValidationResult:
+        """Score ``path`` on ``providers`` and compare it with the PyTorch reference.
+
+        Args:
+            variant: the variant's name (picks its thresholds, :data:`THRESHOLDS`).
+            path: its ONNX file.
+            providers: onnxruntime provider names, first preferred.
+
+        Returns:
+            :class:`ValidationResult`; a variant onnxruntime cannot run is a failed result, never
+            an exception.
+        """
+        figures = self.figures(variant, path, providers)
+        reasons = tuple(check_thresholds(variant, figures))
+        figures["passed"] = not reasons
+        return ValidationResult(variant=variant, figures=figures, reasons=reasons)
+
     def figures(self, variant: str, path: Path, providers: Sequence[str]) -> dict[str, Any]:
         """Score ``path`` and compare it with the reference; never raises for a broken variant."""
         assert self.reference is not None, "run_torch first"

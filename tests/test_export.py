@@ -301,6 +301,29 @@ def test_parity_recomputed_independently(exported) -> None:
     assert np.ptp(ref[:, m.positive_label]) > 1e-3
 
 
+def test_validation_feeds_what_the_runtime_feeds(exported) -> None:
+    """Validation makes its inputs on the runtime's path (PairEncoder, plan_batches, pad_batch), so
+    the figures in the manifest are about what users run: its fp32 logits are the Reranker's."""
+    from crossrank import Reranker
+    from crossrank.export.pairs import PairSet
+    from crossrank.export.validate import Validator
+
+    _, _, out, m = exported
+    long_query = "why does my sourdough bread not rise in a cold kitchen " * 12  # longer than half of max_length
+    pairs = [p for p in PAIRS if p[0]] + [(long_query, "Dough that does not rise usually means old yeast. " * 40),
+                                           (long_query, "short")]
+    validator = Validator(
+        PairSet(pairs=tuple(pairs), groups=(tuple(range(len(pairs))),), source="test"),
+        out / m.tokenizer.file, inputs=m.inputs, pad_token_id=m.tokenizer.pad_token_id,
+        num_special_tokens_pair=m.tokenizer.num_special_tokens_pair, max_length=m.max_length,
+        activation=m.activation, positive_label=m.positive_label,
+    )
+    assert validator.num_truncated >= 2  # the long pairs really were cut
+    logits = validator.run_onnx(out / m.variants["fp32"].file, ["CPUExecutionProvider"])[:, m.positive_label]
+    raw = Reranker.load(out, variant="fp32", provider="cpu").score_pairs(pairs, raw=True)
+    np.testing.assert_allclose(logits, raw, rtol=0, atol=1e-5)
+
+
 def test_last_layer_pruning_rewrites_only_what_it_can(exported) -> None:
     """prune_last_layer on each case's optimized graph: exact where it applies, a reason where not."""
     import onnx

@@ -13,8 +13,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from crossrank.errors import InvalidInputError, OutputExistsError, SourceModelError
+from crossrank.errors import ExportError, InvalidInputError, OutputExistsError, SourceModelError
 from crossrank.export import read_pairs
+from crossrank.export.options import ExportOptions
+from crossrank.export.pairs import PairsFileError
 from crossrank.export.pairs import builtin_validation_path
 from crossrank.export.source import resolve_activation, resolve_positive_label
 from crossrank.export.validate import check_thresholds, spearman
@@ -51,13 +53,30 @@ def test_pairs_file_formats_and_groups(tmp_path: Path) -> None:
         ('{"query": "q", "passages": ["a", 3]}\n', r":1: needs a string 'passage'"),
         ('{"passage": "p"}\n', r":1: 'query' must be a string"),
         ('[1, 2]\n', r":1: each line must be a JSON object"),
+        ('{"query": " ", "passage": "p"}\n', r":1: 'query' is empty"),
     ],
 )
 def test_bad_pairs_files(tmp_path: Path, content: str, message: str) -> None:
     f = tmp_path / "bad.jsonl"
     f.write_text(content)
-    with pytest.raises(InvalidInputError, match=message):
-        read_pairs(f)
+    # one error class for validation and calibration files: an input error that stops an export
+    for what in ("validation", "calibration"):
+        with pytest.raises(PairsFileError, match=message) as info:
+            read_pairs(f, what=what)
+        assert isinstance(info.value, InvalidInputError) and isinstance(info.value, ExportError)
+
+
+def test_calibration_files_are_pairs_files(tmp_path: Path) -> None:
+    """The committed calibration set and a user's {"query", "document", "label"} lines read with the one reader."""
+    from crossrank.export.quantize import BUILTIN_CALIBRATION, load_calibration_pairs
+
+    ps = read_pairs(None, what="calibration")
+    assert ps.source == "built-in" and len(ps.pairs) == 179
+    assert ps.pairs == read_pairs(BUILTIN_CALIBRATION).pairs
+    assert load_calibration_pairs(None) == list(ps.pairs)
+    f = tmp_path / "cal.jsonl"
+    f.write_text(json.dumps({"query": "q1", "document": "d1", "label": 1}) + "\n")
+    assert read_pairs(f, what="calibration").pairs == (("q1", "d1"),)
 
 
 def test_builtin_validation_set() -> None:
@@ -260,13 +279,59 @@ def test_export_cli_passes_the_pruning_choice(monkeypatch, tmp_path: Path) -> No
         raise ExportError("stopped by the test")
 
     monkeypatch.setattr(exporter, "export_model", fake_export)
+    # the command line builds the same validated ExportOptions the Python API does
     assert main(["export", str(tmp_path / "src"), str(tmp_path / "out"), "--no-prune-last-layer"]) == 1
-    assert seen["prune_last_layer"] is False
+    assert isinstance(seen["options"], ExportOptions) and seen["options"].prune_last_layer is False
     assert main(["export", str(tmp_path / "src"), str(tmp_path / "out")]) == 1
-    assert seen["prune_last_layer"] is True
+    assert seen["options"].prune_last_layer is True
+    assert main(["export", str(tmp_path / "src"), str(tmp_path / "out"), "--int8", "--calibration", "c.jsonl"]) == 1
+    assert seen["options"] == ExportOptions(int8=True, int8_scheme="static", calibration=Path("c.jsonl"))
     monkeypatch.undo()
     with pytest.raises(InvalidInputError, match="prune_last_layer must be True or False"):
         export_model(tmp_path / "src", tmp_path / "out", prune_last_layer="no")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(int8="yes"), "int8 must be True or False"),
+        (dict(fp16=1), "fp16 must be True or False"),
+        (dict(keep_failed=None), "keep_failed must be True or False"),
+        (dict(activation="tanh"), "activation 'tanh' is not one of"),
+        (dict(opset=13), "opset must be an integer >= 14"),
+        (dict(opset=True), "opset must be an integer >= 14"),
+        (dict(max_length="128"), "max_length must be an integer"),
+        (dict(positive_label=1.5), "positive_label must be a label name or index"),
+        (dict(revision=""), "revision must be a non-empty string"),
+        (dict(validation=3), "validation must be a file path"),
+        (dict(int8_scheme="static"), "apply only with int8"),
+        (dict(int8=True, int8_scheme="fp8"), "int8_scheme 'fp8' is not one of static, dynamic"),
+        (dict(int8=True, int8_scheme="dynamic", calibration="c.jsonl"), "only by the static int8 scheme"),
+    ],
+)
+def test_export_options_name_the_wrong_option(kwargs: dict, message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        ExportOptions(**kwargs)
+
+
+def test_export_options_are_frozen_and_resolved() -> None:
+    import dataclasses
+
+    opts = ExportOptions(int8=True, fp16=True, validation="~/v.jsonl")
+    assert opts.int8_scheme == "static" and opts.validation == Path("~/v.jsonl").expanduser()
+    assert opts.variants == ("fp32", "optimized", "int8", "fp16")
+    assert ExportOptions().variants == ("fp32", "optimized")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.int8 = False  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        ExportOptions(int8_schem="static")  # type: ignore[call-arg]  # a typo is an error, not ignored
+
+
+def test_export_model_refuses_options_twice(tmp_path: Path) -> None:
+    from crossrank.export import export_model
+
+    with pytest.raises(InvalidInputError, match="not both .*int8"):
+        export_model(tmp_path / "src", tmp_path / "out", int8=True, options=ExportOptions())
 
 
 # -- dummy trace inputs and token ranges (issue 8, items 3 and 7) -------------------------------

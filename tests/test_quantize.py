@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crossrank.errors import ExportError
+from crossrank.errors import ExportError, InvalidInputError
 from crossrank.export import quantize
+from crossrank.export.pairs import PairsFileError
 from crossrank.export.quantize import (
     DEFAULT_INT8_SCHEME,
     INT8_SCHEMES,
@@ -51,28 +52,30 @@ def test_user_calibration_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "lines, match",
     [
-        (['{"query": "a", "document": "b"}', '{"query": "a", "document": '], r"line 2: not valid JSON"),
-        (['["a", "b"]'], r"line 1: expected an object"),
-        (['{"query": "a"}'], r'line 1: "document" is missing'),
-        (['{"query": 3, "document": "b"}'], r'line 1: "query" is a int, not a string'),
-        (['{"query": "  ", "document": "b"}'], r'line 1: "query" is empty'),
-        (["", "   "], r"holds no pairs"),
+        (['{"query": "a", "document": "b"}', '{"query": "a", "document": '], r":2: not a JSON line"),
+        (['["a", "b"]'], r":1: each line must be a JSON object"),
+        (['{"query": "a"}'], r":1: needs a string 'passage'"),
+        (['{"query": 3, "document": "b"}'], r":1: 'query' must be a string"),
+        (['{"query": "  ", "document": "b"}'], r":1: 'query' is empty"),
+        (["", "   "], r"holds no query/passage pairs"),
     ],
 )
 def test_bad_calibration_file_names_file_and_line(tmp_path: Path, lines: list[str], match: str) -> None:
     f = tmp_path / "bad.jsonl"
     f.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with pytest.raises(ExportError, match=match) as info:
+    # one reader and one error class for calibration and validation files (crossrank.export.pairs)
+    with pytest.raises(PairsFileError, match=match) as info:
         load_calibration_pairs(f)
+    assert isinstance(info.value, ExportError) and isinstance(info.value, InvalidInputError)
     assert str(f) in str(info.value)
 
 
 def test_missing_and_undecodable_calibration_file(tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match="does not exist"):
+    with pytest.raises(PairsFileError, match="does not exist"):
         load_calibration_pairs(tmp_path / "nope.jsonl")
     f = tmp_path / "latin1.jsonl"
     f.write_bytes(b'{"query": "caf\xe9", "document": "x"}\n')
-    with pytest.raises(ExportError, match="cannot be read"):
+    with pytest.raises(PairsFileError, match="cannot read calibration file"):
         load_calibration_pairs(f)
 
 

@@ -77,16 +77,13 @@ def default_variants(manifest_variants: Sequence[str], provider: str) -> tuple[s
     return tuple(v for v in wanted if v in manifest_variants)
 
 
-def _token_counts(model_dir: Path, requests: list[tuple[str, list[str]]]) -> list[int]:
-    from tokenizers import Tokenizer  # noqa: PLC0415 - a runtime dependency
+def _token_counts(model_dir: Path, manifest: Any, requests: list[tuple[str, list[str]]]) -> list[int]:
+    """Tokens per request as the runtime feeds them (its own PairEncoder: same truncation rules)."""
+    from crossrank.tokenize import PairEncoder  # noqa: PLC0415 - loads `tokenizers`
 
-    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    tok.no_padding()
-    out = []
-    for query, docs in requests:
-        encs = tok.encode_batch([(query, d) for d in docs])
-        out.append(sum(len(e.ids) for e in encs))
-    return out
+    encoder = PairEncoder(model_dir / manifest.tokenizer.file, max_length=manifest.max_length,
+                          num_special_tokens_pair=manifest.tokenizer.num_special_tokens_pair)
+    return [int(encoder.encode([(query, d) for d in docs]).lengths.sum()) for query, docs in requests]
 
 
 def _quality_variants(cfg: BenchConfig, variants: Sequence[str], manifest: Manifest) -> tuple[str, ...]:
@@ -187,7 +184,7 @@ def _run(cfg: BenchConfig, progress: Callable[[str], None] | None) -> dict[str, 
     n_req = min(plan.warmup + plan.rounds, max(len(pool.queries), plan.warmup + 1))
     requests = {c: latency_workload(pool, c, n_req) for c in plan.counts}
     say("counting tokens")
-    tokens = {c: _token_counts(model_dir, reqs) for c, reqs in requests.items()}
+    tokens = {c: _token_counts(model_dir, manifest, reqs) for c, reqs in requests.items()}
 
     def counts_for(s: System) -> Sequence[int]:
         if s.kind == "peer" and cfg.peer_max_count is not None:
