@@ -59,6 +59,8 @@ def export_model(
     keep_failed: bool = False,
     opset: int | None = None,
     prune_last_layer: bool = True,
+    exporter: str = "auto",
+    trust_remote_code: bool = False,
     progress: ProgressCallback | None = None,
 ) -> Manifest:
     """Export a Hugging Face cross-encoder into a crossrank model folder and return its manifest.
@@ -76,6 +78,11 @@ def export_model(
     is raised (after writing the passing variants, unless fp32 itself failed), or kept and marked
     failed with ``keep_failed=True``. An existing crossrank folder is replaced only with ``force``;
     any other existing folder never. ``progress(message, step, total)`` is called at each step.
+    ``exporter`` ("auto", "optimum", "torch") picks the fp32 exporter: "auto" takes optimum's where
+    optimum-onnx is installed and compatible with the installed transformers, else ``torch.onnx``
+    (:mod:`crossrank.export.torch_export`); a forced "optimum" that is unusable raises
+    :class:`MissingDependencyError`. ``trust_remote_code=True`` lets a custom architecture's own code
+    (config ``auto_map``) load; without it such a model is refused with :class:`SourceModelError`.
     """
     # -- cheap argument checks, before any heavy import ------------------------------------------
     if activation is not None and activation not in ACTIVATIONS:
@@ -89,13 +96,20 @@ def export_model(
     if progress is not None and not callable(progress):
         raise InvalidInputError("progress must be a callable(message, step, total) or None")
 
-    from ._deps import library_versions, require_export_deps
+    from ._deps import EXPORTERS, choose_exporter, library_versions, require_export_deps
+
+    if exporter not in EXPORTERS:
+        raise InvalidInputError(f"exporter {exporter!r} is not one of {', '.join(EXPORTERS)}")
+    if not isinstance(trust_remote_code, bool):
+        raise InvalidInputError(f"trust_remote_code must be True or False, not {trust_remote_code!r}")
     from .pairs import read_pairs
     from .writer import StagedFolder, check_destination
 
     steps = Steps(progress, total=10 + int(int8) + int(fp16))
     steps("Loading the export libraries (torch, transformers, optimum)")
     require_export_deps()
+    chosen_exporter, exporter_why = choose_exporter(exporter)
+    log.info("fp32 exporter: %s (%s)", chosen_exporter, exporter_why)
     out = Path(out_dir).expanduser().absolute()
     pairset = read_pairs(validation, what="validation")
     scheme = None
@@ -128,6 +142,8 @@ def export_model(
                 max_length=max_length,
                 opset=opset,
                 prune_last_layer=prune_last_layer,
+                exporter=chosen_exporter,
+                trust_remote_code=trust_remote_code,
                 pairset=pairset,
                 quant=quant,
                 scheme=scheme,
@@ -237,6 +253,8 @@ def _run(
     max_length: int | None,
     opset: int | None,
     prune_last_layer: bool,
+    exporter: str,
+    trust_remote_code: bool,
     pairset: Any,
     quant: Any,
     scheme: str | None,
@@ -245,6 +263,7 @@ def _run(
     keep_failed: bool,
     versions: dict[str, str],
 ) -> tuple[Manifest, dict[str, str]]:
+    from ._deps import EXPORTER_NAMES, exporter_version
     from .external import check_data_files
     from .onnx_export import check_exportable, export_fp32
     from .optimize import optimize_graph
@@ -261,8 +280,9 @@ def _run(
 
     folder: Path = stage.path
     steps(f"Checking the source model {os.fspath(source)}")
-    src = resolve_source(source, revision=revision, allow_pickle=allow_pickle)
-    check_exportable(src.model_type, src.id)
+    src = resolve_source(source, revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    if exporter == "optimum":
+        check_exportable(src.model_type, src.id)
     act, act_origin = resolve_activation(src, activation)
     positive = resolve_positive_label(src.labels, positive_label)
     log.info("%s: %s, %d label(s), activation %s (%s)", src.id, src.architecture, src.num_labels, act, act_origin)
@@ -274,10 +294,15 @@ def _run(
     log.info("max_length %d (%s)", max_len, max_len_origin)
     check_vocabulary(hf_tok, model, ident=src.id)
 
-    steps("Exporting the fp32 ONNX graph (optimum)")
+    steps(f"Exporting the fp32 ONNX graph ({EXPORTER_NAMES[exporter]})")
     fp32_path = folder / VARIANT_FILES["fp32"]
     with _step_errors("ONNX export"):
-        graph = export_fp32(model, stage.work / "optimum", fp32_path, opset=opset, max_length=max_len)
+        if exporter == "optimum":
+            graph = export_fp32(model, stage.work / "optimum", fp32_path, opset=opset, max_length=max_len)
+        else:
+            from .torch_export import export_fp32_torch
+
+            graph = export_fp32_torch(model, stage.work / "torch-onnx", fp32_path, opset=opset, max_length=max_len)
     input_names = [i.name for i in graph.inputs]
     check_token_types(hf_tok, model, input_names, ident=src.id)
 
@@ -305,7 +330,8 @@ def _run(
     settings: dict[str, dict[str, Any]] = {}
     figures: dict[str, dict[str, Any]] = {}
     settings["fp32"] = {
-        "exporter": "optimum.exporters.onnx",
+        "exporter": EXPORTER_NAMES[exporter],
+        "exporter_version": exporter_version(exporter),
         "task": "text-classification",
         "opset": graph.opset,
         "dynamic_axes": ["batch_size", "sequence_length"],

@@ -60,7 +60,14 @@ def _bert_tokenizer(folder: Path, *, model_max_length: int | None):
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(_wordpiece_vocab()) + "\n", encoding="utf-8")
     kwargs = {} if model_max_length is None else {"model_max_length": model_max_length}
-    return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, **kwargs)
+    import inspect
+
+    # transformers 5 builds the WordPiece model from a ``vocab`` mapping (a ``vocab_file`` keyword
+    # is ignored there, leaving only the 5 special tokens); 4.x reads ``vocab_file``
+    if "vocab_file" in inspect.signature(BertTokenizerFast.__init__).parameters:
+        return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, **kwargs)
+    mapping = {token: i for i, token in enumerate(_wordpiece_vocab())}
+    return BertTokenizerFast(vocab=mapping, do_lower_case=True, **kwargs)
 
 
 def _unigram_tokenizer(specials: list[str], unk: str):
