@@ -28,7 +28,7 @@ from crossrank.errors import ExportError
 
 from .external import adopt
 from .onnx_export import DUMMY_SEQUENCE_LENGTH, GraphInfo, dummy_limits, read_graph
-from .source import first_line
+from .source import ROBERTA_LIKE, first_line
 
 __all__ = ["DEFAULT_OPSET", "export_fp32_torch", "graph_input_names", "torch_onnx_version"]
 
@@ -46,10 +46,12 @@ def torch_onnx_version() -> str:
 def graph_input_names(model: Any) -> list[str]:
     """The inputs the architecture's ``forward`` takes, in crossrank's order.
 
-    ``token_type_ids`` only when ``forward`` takes it *and* the config has at least two token
-    types: with ``type_vocab_size`` 0 (DeBERTa-v3) there is no table, with 1 (RoBERTa, XLM-R) every
-    token reads the same row, so the input would carry nothing (optimum leaves it out likewise).
-    Decided from the model and its config, never from the values a tokenizer happens to emit.
+    ``token_type_ids`` only when ``forward`` takes it, the config has a token-type table
+    (``type_vocab_size`` >= 1; DeBERTa-v3 has 0) and the family is not RoBERTa-like (RoBERTa,
+    XLM-R...: one table row that every token reads, and tokenizers that emit no types). That is
+    the choice optimum's exporter makes per family, so a folder declares the same inputs whichever
+    stack exported it. Decided from the model and its config, never from the values a tokenizer
+    happens to emit.
     """
     accepted = inspect.signature(model.forward).parameters
     missing = [name for name in ("input_ids", "attention_mask") if name not in accepted]
@@ -57,7 +59,8 @@ def graph_input_names(model: Any) -> list[str]:
         raise ExportError(f"{type(model).__name__}.forward takes no {' or '.join(missing)}; crossrank cannot feed it")
     names = ["input_ids", "attention_mask"]
     types = getattr(model.config, "type_vocab_size", None)
-    if "token_type_ids" in accepted and isinstance(types, int) and not isinstance(types, bool) and types >= 2:
+    has_table = isinstance(types, int) and not isinstance(types, bool) and types >= 1
+    if "token_type_ids" in accepted and has_table and getattr(model.config, "model_type", "") not in ROBERTA_LIKE:
         names.append("token_type_ids")
     return names
 

@@ -273,6 +273,16 @@ def build_tiny_model(
             pair=f"{cls} $A {sep} $B {sep}",  # every token of type 0
             special_tokens=[(cls, tokenizer.cls_token_id), (sep, tokenizer.sep_token_id)],
         )
+        # transformers 5's BertTokenizer rebuilds its [CLS] A [SEP] B:1 [SEP]:1 template when loaded,
+        # whatever tokenizer.json says; the generic class keeps the file's template (as 4.x did)
+        from transformers import PreTrainedTokenizerFast
+
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=tokenizer.backend_tokenizer,
+            cls_token=cls, sep_token=sep, pad_token=tokenizer.pad_token, unk_token=tokenizer.unk_token,
+            mask_token=tokenizer.mask_token, model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+            **({} if model_max_length is None else {"model_max_length": model_max_length}),
+        )
     if id2label is not None:
         config.id2label = {int(k): v for k, v in id2label.items()}
         config.label2id = {v: int(k) for k, v in id2label.items()}
