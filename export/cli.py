@@ -41,7 +41,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--keep-failed", action="store_true", help="keep variants that miss their validation thresholds (marked failed)")
     p.add_argument("--no-prune-last-layer", dest="prune_last_layer", action="store_false",
                    help="compute the last layer for every token (default: for [CLS] only when the head reads only [CLS])")
-    p.add_argument("--opset", metavar="N", type=int, help="ONNX opset (default: optimum's for the architecture)")
+    p.add_argument("--opset", metavar="N", type=int, help="ONNX opset (default: optimum's for the architecture; 17 with torch.onnx)")
+    p.add_argument("--exporter", choices=("auto", "optimum", "torch"), default="auto",
+                   help="fp32 exporter: auto = optimum where optimum-onnx is installed and fits the installed transformers, else torch.onnx")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a custom architecture (config auto_map) to run its own Python code; only for sources you trust")
     _register_add(p)
     p.set_defaults(func=_run)
 

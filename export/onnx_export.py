@@ -48,6 +48,7 @@ def check_exportable(model_type: str, ident: str) -> None:
         raise SourceModelError(
             f"{ident!r} is a {model_type!r} model, which optimum's ONNX exporter cannot export for {TASK}"
             + (f" (it supports {', '.join(sorted(supported))})" if supported else "")
+            + "; exporter='torch' (--exporter torch) exports it with torch.onnx"
         )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from crossrank.errors import InvalidInputError
 from crossrank.manifest import ACTIVATIONS
 
+from ._deps import EXPORTERS
 from .quantize import DEFAULT_INT8_SCHEME, INT8_SCHEMES  # constants only: onnx loads when quantizing
 
 __all__ = ["ExportOptions", "BUILDABLE_VARIANTS"]
@@ -53,8 +54,11 @@ class ExportOptions:
         allow_pickle: allow pickle ``.bin`` weights.
         force: replace an existing crossrank folder.
         keep_failed: keep variants that miss their thresholds, marked failed.
-        opset: ONNX opset (>= 14; None: optimum's choice).
+        opset: ONNX opset (>= 14; None: optimum's choice, 17 with torch.onnx).
         prune_last_layer: compute the optimized graph's last layer for [CLS] only.
+        exporter: fp32 exporter, "auto" (optimum where installed and compatible, else torch.onnx),
+            "optimum" or "torch".
+        trust_remote_code: let a custom architecture (config ``auto_map``) run its own code.
 
     Raises:
         InvalidInputError: on construction, naming the option that is wrong.
@@ -74,10 +78,14 @@ class ExportOptions:
     keep_failed: bool = False
     opset: int | None = None
     prune_last_layer: bool = True
+    exporter: str = "auto"
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("int8", "fp16", "allow_pickle", "force", "keep_failed", "prune_last_layer"):
+        for name in ("int8", "fp16", "allow_pickle", "force", "keep_failed", "prune_last_layer", "trust_remote_code"):
             _flag(name, getattr(self, name))
+        if self.exporter not in EXPORTERS:
+            raise InvalidInputError(f"exporter {self.exporter!r} is not one of {', '.join(EXPORTERS)}")
         if self.revision is not None and (not isinstance(self.revision, str) or not self.revision.strip()):
             raise InvalidInputError(f"revision must be a non-empty string or None, not {self.revision!r}")
         if self.activation is not None and self.activation not in ACTIVATIONS:

@@ -65,6 +65,8 @@ def export_model(
     keep_failed: bool = False,
     opset: int | None = None,
     prune_last_layer: bool = True,
+    exporter: str = "auto",
+    trust_remote_code: bool = False,
     progress: ProgressCallback | None = None,
     options: ExportOptions | None = None,
 ) -> Manifest:
@@ -96,6 +98,11 @@ def export_model(
         opset: ONNX opset, >= 14 (None: optimum's choice for the architecture).
         prune_last_layer: compute the optimized graph's last layer for the [CLS] position only
             where the head reads only that (:mod:`crossrank.export.prune`).
+        exporter: the fp32 exporter: "auto" takes optimum's where optimum-onnx is installed and
+            compatible with the installed transformers, else ``torch.onnx``
+            (:mod:`crossrank.export.torch_export`); "optimum" or "torch" forces one.
+        trust_remote_code: let a custom architecture (config ``auto_map``) load its own code;
+            without it such a model is refused with :class:`SourceModelError`.
         progress: ``progress(message, step, total)``, called at the start of each step.
         options: all of the above but ``progress`` as one :class:`ExportOptions` (what the
             command line passes); given with any other option, :class:`InvalidInputError`.
@@ -105,6 +112,7 @@ def export_model(
 
     Raises:
         InvalidInputError: an option is wrong (named), or a pairs file is (``PairsFileError``).
+        MissingDependencyError: the export extra is not installed, or a forced exporter is unusable.
         SourceModelError: the source is missing, not a cross-encoder, or cannot be loaded.
         OutputExistsError: ``out_dir`` may not be replaced.
         ValidationFailedError: a variant missed its thresholds (``failures`` names each); when
@@ -116,6 +124,7 @@ def export_model(
         revision=revision, int8=int8, int8_scheme=int8_scheme, calibration=calibration, fp16=fp16, activation=activation,
         positive_label=positive_label, max_length=max_length, validation=validation, allow_pickle=allow_pickle,
         force=force, keep_failed=keep_failed, opset=opset, prune_last_layer=prune_last_layer,
+        exporter=exporter, trust_remote_code=trust_remote_code,
     )
     if options is None:
         options = ExportOptions(**given)  # validates every option, naming the wrong one
@@ -132,13 +141,15 @@ def export_model(
 
 
 def _export(source: Any, out_dir: Any, opts: ExportOptions, progress: ProgressCallback | None) -> Manifest:
-    from ._deps import library_versions, require_export_deps
+    from ._deps import choose_exporter, library_versions, require_export_deps
     from .pairs import read_pairs
     from .writer import StagedFolder, check_destination
 
     steps = Steps(progress, total=10 + int(opts.int8) + int(opts.fp16))
     steps("Loading the export libraries (torch, transformers, optimum)")
     require_export_deps()
+    chosen_exporter, exporter_why = choose_exporter(opts.exporter)
+    log.info("fp32 exporter: %s (%s)", chosen_exporter, exporter_why)
     out = Path(out_dir).expanduser().absolute()
     # pairs files are read now, so that a bad one fails before any heavy work
     pairset = read_pairs(opts.validation, what="validation")
@@ -154,7 +165,7 @@ def _export(source: Any, out_dir: Any, opts: ExportOptions, progress: ProgressCa
     try:
         with quiet_libraries(), StagedFolder(out, force=opts.force) as stage:
             manifest, failures = _run(
-                stage=stage, steps=steps, source=source, opts=opts, pairset=pairset,
+                stage=stage, steps=steps, source=source, opts=opts, exporter=chosen_exporter, pairset=pairset,
                 calibration_pairs=calibration_pairs, versions=library_versions(),
             )
             if failures and ("fp32" in failures and not opts.keep_failed):
@@ -337,10 +348,12 @@ def _run(
     steps: Steps,
     source: Any,
     opts: ExportOptions,
+    exporter: str,  # the one chosen: "optimum" or "torch"
     pairset: Any,
     calibration_pairs: list[tuple[str, str]] | None,
     versions: dict[str, str],
 ) -> tuple[Manifest, dict[str, str]]:
+    from ._deps import EXPORTER_NAMES, exporter_version
     from .onnx_export import check_exportable, export_fp32
     from .source import load_torch_model, resolve_activation, resolve_positive_label, resolve_source
     from .tokenizer import (
@@ -356,8 +369,9 @@ def _run(
 
     folder: Path = stage.path
     steps(f"Checking the source model {os.fspath(source)}")
-    src = resolve_source(source, revision=opts.revision, allow_pickle=opts.allow_pickle)
-    check_exportable(src.model_type, src.id)
+    src = resolve_source(source, revision=opts.revision, allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code)
+    if exporter == "optimum":
+        check_exportable(src.model_type, src.id)
     act, act_origin = resolve_activation(src, opts.activation)
     positive = resolve_positive_label(src.labels, opts.positive_label)
     log.info("%s: %s, %d label(s), activation %s (%s)", src.id, src.architecture, src.num_labels, act, act_origin)
@@ -369,10 +383,15 @@ def _run(
     log.info("max_length %d (%s)", max_len, max_len_origin)
     check_vocabulary(hf_tok, model, ident=src.id)
 
-    steps("Exporting the fp32 ONNX graph (optimum)")
+    steps(f"Exporting the fp32 ONNX graph ({EXPORTER_NAMES[exporter]})")
     fp32_path = folder / VARIANT_FILES["fp32"]
     with _step_errors("ONNX export"):
-        graph = export_fp32(model, stage.work / "optimum", fp32_path, opset=opts.opset, max_length=max_len)
+        if exporter == "optimum":
+            graph = export_fp32(model, stage.work / "optimum", fp32_path, opset=opts.opset, max_length=max_len)
+        else:
+            from .torch_export import export_fp32_torch
+
+            graph = export_fp32_torch(model, stage.work / "torch-onnx", fp32_path, opset=opts.opset, max_length=max_len)
     input_names = [i.name for i in graph.inputs]
     check_token_types(hf_tok, model, input_names, ident=src.id)
 
@@ -400,8 +419,8 @@ def _run(
 
     fp32 = VariantResult(
         "fp32", fp32_path, _PRECISION["fp32"], _PROVIDERS["fp32"],
-        {"exporter": "optimum.exporters.onnx", "task": "text-classification", "opset": graph.opset,
-         "dynamic_axes": ["batch_size", "sequence_length"]},
+        {"exporter": EXPORTER_NAMES[exporter], "exporter_version": exporter_version(exporter),
+         "task": "text-classification", "opset": graph.opset, "dynamic_axes": ["batch_size", "sequence_length"]},
     )
     steps("Validating fp32")
     built: list[tuple[VariantResult, ValidationResult]] = [(fp32, validator.validate("fp32", fp32.file, fp32.validation_providers))]

@@ -74,6 +74,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from crossrank.atomic import mkdtemp
+from crossrank.cpu import cpu_flags
 from crossrank.errors import ExportError, MissingDependencyError
 
 from .external import data_file_name, needs_external_data
@@ -141,18 +142,10 @@ def detect_isa() -> str:
 
     One of ``avx512_vnni``, ``avx_vnni``, ``avx512``, ``avx2``, ``x86_64`` (x86 without AVX2),
     ``arm64_i8mm``, ``arm64_dotprod``, ``arm64``, or the machine name elsewhere. Read from
-    ``/proc/cpuinfo`` flags where there is one (Linux); elsewhere only the architecture is known.
+    :func:`crossrank.cpu.cpu_flags` where Linux reports them; elsewhere only the architecture is known.
     """
     machine = platform.machine().lower()
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip().lower() in ("flags", "features"):
-                    flags.update(value.split())
-    except OSError:
-        pass
+    flags = cpu_flags()  # crossrank.cpu: the one /proc/cpuinfo reader
     if machine in ("aarch64", "arm64"):
         if "i8mm" in flags:
             return "arm64_i8mm"

@@ -2,7 +2,7 @@
 
 Everything that can be wrong with the source ends here as one :class:`SourceModelError` line:
 a missing folder, a hub refusal or network error, a bare encoder / bi-encoder / decoder, pickle
-weights without permission, corrupt weights, a checkpoint whose classification head is missing.
+weights without permission, a custom architecture (``auto_map``) without ``trust_remote_code``, corrupt weights, a checkpoint whose classification head is missing.
 """
 from __future__ import annotations
 
@@ -95,6 +95,7 @@ class SourceModel:
     labels: tuple[str, ...] = ()
     weights_file: str = ""
     weights_format: str = "safetensors"  # or "pickle"
+    trust_remote_code: bool = False  # the user allowed the repository's own modelling code to run
 
     def position_limit(self) -> int | None:
         """Tokens the model's position embeddings can hold (RoBERTa's padding offset removed)."""
@@ -108,8 +109,20 @@ class SourceModel:
 
 
 # -- finding the folder ------------------------------------------------------------------------
-def resolve_source(source: str | os.PathLike[str], *, revision: str | None = None, allow_pickle: bool = False) -> SourceModel:
-    """Locate ``source`` (an existing local folder, else a hub id) and check what it holds."""
+def resolve_source(
+    source: str | os.PathLike[str], *, revision: str | None = None, allow_pickle: bool = False, trust_remote_code: bool = False
+) -> SourceModel:
+    """Locate ``source`` (an existing local folder, else a hub id) and check what it holds.
+
+    A config with ``auto_map`` (a custom architecture whose Python code ships with the model) is
+    refused unless ``trust_remote_code`` is True, since loading it runs that code.
+
+    Raises:
+        SourceModelError: any of the problems in the module docstring, named.
+        InvalidInputError: ``revision`` given for a local folder.
+    """
+    if not isinstance(trust_remote_code, bool):
+        raise InvalidInputError(f"trust_remote_code must be True or False, not {trust_remote_code!r}")
     text = os.fspath(source)
     if not text.strip():
         raise SourceModelError("no source model given: name a Hugging Face hub id or a local model folder")
@@ -117,14 +130,19 @@ def resolve_source(source: str | os.PathLike[str], *, revision: str | None = Non
     if path.exists():
         if revision is not None:
             raise InvalidInputError(f"revision={revision!r} applies to hub ids only, but {text!r} is a local folder")
-        return _inspect_folder(path.resolve(), ident=str(path.resolve()), local=True, revision=None, commit=None, allow_pickle=allow_pickle)
+        return _inspect_folder(
+            path.resolve(), ident=str(path.resolve()), local=True, revision=None, commit=None, allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+        )
     if text.startswith((".", "/", "~", "\\")) or not _HUB_ID.match(text):
         raise SourceModelError(f"model folder {text!r} does not exist")
-    folder, commit = _download(text, revision=revision, allow_pickle=allow_pickle)
-    return _inspect_folder(folder, ident=text, local=False, revision=revision, commit=commit, allow_pickle=allow_pickle)
+    folder, commit = _download(text, revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    return _inspect_folder(
+        folder, ident=text, local=False, revision=revision, commit=commit, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
+    )
 
 
-def _download(repo_id: str, *, revision: str | None, allow_pickle: bool) -> tuple[Path, str | None]:
+def _download(repo_id: str, *, revision: str | None, allow_pickle: bool, trust_remote_code: bool = False) -> tuple[Path, str | None]:
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import (
@@ -139,7 +157,8 @@ def _download(repo_id: str, *, revision: str | None, allow_pickle: bool) -> tupl
         raise SourceModelError(f"{repo_id!r} is not a local folder and huggingface_hub is not installed to fetch it") from err
 
     where = f"{repo_id!r}" + (f" at revision {revision!r}" if revision else "")
-    patterns = _HUB_PATTERNS + (_HUB_PICKLE_PATTERNS if allow_pickle else [])
+    # a custom architecture's modelling code is fetched only when the user agreed to run it
+    patterns = _HUB_PATTERNS + (_HUB_PICKLE_PATTERNS if allow_pickle else []) + (["*.py"] if trust_remote_code else [])
     try:
         path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except GatedRepoError as err:
@@ -177,7 +196,8 @@ def _download(repo_id: str, *, revision: str | None, allow_pickle: bool) -> tupl
 
 # -- checking what the folder holds ------------------------------------------------------------
 def _inspect_folder(
-    folder: Path, *, ident: str, local: bool, revision: str | None, commit: str | None, allow_pickle: bool
+    folder: Path, *, ident: str, local: bool, revision: str | None, commit: str | None, allow_pickle: bool,
+    trust_remote_code: bool = False,
 ) -> SourceModel:
     if not folder.is_dir():
         raise SourceModelError(f"{ident!r} is a file, not a model folder")
@@ -195,6 +215,14 @@ def _inspect_folder(
         raise SourceModelError(f"{cfg_path}: cannot read config.json: {first_line(err)}") from err
     if not isinstance(raw, dict):
         raise SourceModelError(f"{cfg_path}: config.json is not a JSON object")
+    auto_map = raw.get("auto_map")
+    if auto_map and not trust_remote_code:
+        classes = ", ".join(f"{k} -> {v}" for k, v in auto_map.items()) if isinstance(auto_map, dict) else str(auto_map)
+        raise SourceModelError(
+            f"{ident!r} needs trust_remote_code: its config.json maps {classes} to Python code shipped with the model "
+            "(a custom architecture), and loading it runs that code on this machine; "
+            "pass trust_remote_code=True (--trust-remote-code) only if you trust the source"
+        )
 
     model_type = str(raw.get("model_type") or "")
     archs = [a for a in (raw.get("architectures") or []) if isinstance(a, str)]
@@ -214,7 +242,7 @@ def _inspect_folder(
         raise SourceModelError(f"{ident!r} holds {', '.join(archs)} ({kind}), not a sequence classifier; crossrank exports {expected}")
 
     weights_file, weights_format = _find_weights(folder, ident=ident, allow_pickle=allow_pickle, shown=shown)
-    config = _load_config(folder, ident)
+    config = _load_config(folder, ident, trust_remote_code=trust_remote_code)
     if not classifiers:  # no `architectures`: trust the config's model type, the weights check decides
         classifiers = [f"{type(config).__name__.replace('Config', '')}ForSequenceClassification"]
     labels = _labels(config)
@@ -232,6 +260,7 @@ def _inspect_folder(
         labels=labels,
         weights_file=weights_file,
         weights_format=weights_format,
+        trust_remote_code=trust_remote_code,
     )
 
 
@@ -272,11 +301,11 @@ def _find_weights(folder: Path, *, ident: str, allow_pickle: bool, shown: str) -
     raise SourceModelError(f"{ident!r} has no PyTorch weights (model.safetensors or pytorch_model.bin; found: {shown})")
 
 
-def _load_config(folder: Path, ident: str):
+def _load_config(folder: Path, ident: str, *, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        return AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as err:  # noqa: BLE001 - transformers raises ValueError/KeyError/OSError for unknown types
         raise SourceModelError(f"{ident!r}: transformers cannot read its config.json: {first_line(err)}") from err
 
@@ -367,7 +396,7 @@ def load_torch_model(src: SourceModel):
             dtype=torch.float32,
             output_loading_info=True,
             local_files_only=True,
-            trust_remote_code=False,
+            trust_remote_code=src.trust_remote_code,
         )
     except Exception as err:  # noqa: BLE001 - safetensors, torch and transformers raise many types
         raise SourceModelError(f"cannot load the weights of {src.id!r} ({src.weights_file}): {first_line(err)}") from err

@@ -3,7 +3,10 @@
 :func:`plan_batches` sorts pairs by token length (ties by input position) and cuts the sorted
 run greedily into batches such that ``batch_size * padded_length <= batch_tokens`` and
 ``batch_size <= max_batch_size``. A pair longer than ``batch_tokens`` on its own still gets a batch
-of one. Peak activation memory is therefore bounded by the budget, whatever the candidate count.
+of one. Peak activation memory is therefore bounded by the budget, whatever the candidate count,
+except for attention scores, which grow with the square of the padded length: batch × heads ×
+seq² × 4 bytes per layer (fp32), e.g. 4 GiB for one 8,192-token pair of a 16-head model; the
+load-time ``max_length`` is what bounds them.
 :func:`pad_batch` builds the padded arrays of one batch for exactly the graph's declared inputs.
 """
 from __future__ import annotations

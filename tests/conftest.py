@@ -52,6 +52,8 @@ FULL_INSTALL_MODULES = {
     "test_quantize.py": "export",
     "test_prune.py": "export",
     "test_tiny_fixture.py": "export",
+    "test_families.py": "export",
+    "test_add_variant.py": "export",
     "test_serve.py": "serve",
     "test_load.py": "bench",
     "test_ray.py": "ray",

@@ -242,8 +242,15 @@ def test_unknown_activation_in_config(root: Path) -> None:
         export_model(folder, root / "out-tanh")
 
 
-def test_missing_optimum_names_the_extra(root: Path, tiny_bert: Path, monkeypatch) -> None:
+def test_missing_optimum_fails_only_when_forced(root: Path, tiny_bert: Path, monkeypatch) -> None:
+    # without optimum-onnx, exporter="auto" uses torch.onnx (issue 12); forcing optimum says why not
     monkeypatch.setitem(sys.modules, "optimum.exporters.onnx", None)  # import now raises ImportError
+    with pytest.raises(MissingDependencyError, match=r"exporter='optimum' was forced but optimum-onnx"):
+        export_model(tiny_bert, root / "out-nodeps", exporter="optimum")
+
+
+def test_missing_export_extra_names_it(root: Path, tiny_bert: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import now raises ImportError
     with pytest.raises(MissingDependencyError, match=r'pip install "crossrank\[export\]"'):
         export_model(tiny_bert, root / "out-nodeps")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-ARCHS = ("bert", "xlm-roberta", "electra", "deberta-v2", "modernbert")
+ARCHS = ("bert", "xlm-roberta", "roberta", "electra", "deberta-v2", "modernbert")
 
 # Words the tiny vocabularies are built from; anything else splits into characters/bytes.
 _CORPUS = """
@@ -60,7 +60,14 @@ def _bert_tokenizer(folder: Path, *, model_max_length: int | None):
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(_wordpiece_vocab()) + "\n", encoding="utf-8")
     kwargs = {} if model_max_length is None else {"model_max_length": model_max_length}
-    return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, **kwargs)
+    import inspect
+
+    # transformers 5 builds the WordPiece model from a ``vocab`` mapping (a ``vocab_file`` keyword
+    # is ignored there, leaving only the 5 special tokens); 4.x reads ``vocab_file``
+    if "vocab_file" in inspect.signature(BertTokenizerFast.__init__).parameters:
+        return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, **kwargs)
+    mapping = {token: i for i, token in enumerate(_wordpiece_vocab())}
+    return BertTokenizerFast(vocab=mapping, do_lower_case=True, **kwargs)
 
 
 def _unigram_tokenizer(specials: list[str], unk: str):
@@ -144,51 +151,69 @@ def _modernbert_tokenizer(model_max_length: int | None):
     )
 
 
+def _roberta_tokenizer(model_max_length: int | None):
+    """Byte-level BPE with RoBERTa's specials (ids 0-4 as in roberta-base) and pair template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import RobertaTokenizerFast
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator([" ".join(_CORPUS)] * 3, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    kwargs = {} if model_max_length is None else {"model_max_length": model_max_length}
+    return RobertaTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
+        unk_token="<unk>", pad_token="<pad>", mask_token="<mask>", **kwargs,
+    )
+
+
 # -- models ------------------------------------------------------------------------------------
 _SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 
 
-def _config(arch: str, vocab_size: int, tokenizer, num_labels: int, initializer_range: float):
+def _config(arch: str, vocab_size: int, tokenizer, num_labels: int, initializer_range: float, extra: dict | None = None):
+    """(config, architecture name); ``extra`` goes to the config's constructor, over the defaults
+    below (so that derived fields, e.g. ModernBERT's per-layer attention types, follow it)."""
     import transformers as tf
 
     common = dict(num_labels=num_labels, initializer_range=initializer_range, **_SMALL)
     if arch == "bert":
-        return tf.BertConfig(vocab_size=vocab_size, max_position_embeddings=128, **common), "BertForSequenceClassification"
-    if arch == "electra":
-        return (
-            tf.ElectraConfig(vocab_size=vocab_size, embedding_size=32, max_position_embeddings=128, **common),
-            "ElectraForSequenceClassification",
-        )
-    if arch == "xlm-roberta":
+        cls, kwargs, name = tf.BertConfig, dict(max_position_embeddings=128), "BertForSequenceClassification"
+    elif arch == "electra":
+        cls, kwargs, name = tf.ElectraConfig, dict(embedding_size=32, max_position_embeddings=128), "ElectraForSequenceClassification"
+    elif arch in ("xlm-roberta", "roberta"):
         # RoBERTa positions start after the padding index: 130 positions hold 128 tokens.
-        return (
-            tf.XLMRobertaConfig(
-                vocab_size=vocab_size, max_position_embeddings=130, type_vocab_size=1,
-                pad_token_id=tokenizer.pad_token_id, bos_token_id=0, eos_token_id=2, **common,
-            ),
-            "XLMRobertaForSequenceClassification",
-        )
-    if arch == "deberta-v2":
+        cls = tf.XLMRobertaConfig if arch == "xlm-roberta" else tf.RobertaConfig
+        name = "XLMRobertaForSequenceClassification" if arch == "xlm-roberta" else "RobertaForSequenceClassification"
+        kwargs = dict(max_position_embeddings=130, type_vocab_size=1, pad_token_id=tokenizer.pad_token_id, bos_token_id=0, eos_token_id=2)
+    elif arch == "deberta-v2":
         # DeBERTa-v3 layout (mxbai-rerank style): relative attention, no token types.
-        return (
-            tf.DebertaV2Config(
-                vocab_size=vocab_size, max_position_embeddings=128, type_vocab_size=0, relative_attention=True,
-                position_buckets=32, max_relative_positions=-1, pos_att_type=["p2c", "c2p"], position_biased_input=False,
-                norm_rel_ebd="layer_norm", share_att_key=True, pad_token_id=tokenizer.pad_token_id, **common,
-            ),
-            "DebertaV2ForSequenceClassification",
+        cls, name = tf.DebertaV2Config, "DebertaV2ForSequenceClassification"
+        kwargs = dict(
+            max_position_embeddings=128, type_vocab_size=0, relative_attention=True,
+            position_buckets=32, max_relative_positions=-1, pos_att_type=["p2c", "c2p"], position_biased_input=False,
+            norm_rel_ebd="layer_norm", share_att_key=True, pad_token_id=tokenizer.pad_token_id,
         )
-    if arch == "modernbert":
-        return (
-            tf.ModernBertConfig(
-                vocab_size=vocab_size, max_position_embeddings=128, global_attn_every_n_layers=2, local_attention=16,
-                pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
-                sep_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
-                eos_token_id=tokenizer.sep_token_id, **{k: v for k, v in common.items()},
-            ),
-            "ModernBertForSequenceClassification",
+    elif arch == "modernbert":
+        cls, name = tf.ModernBertConfig, "ModernBertForSequenceClassification"
+        kwargs = dict(
+            max_position_embeddings=128, global_attn_every_n_layers=2, local_attention=16,
+            pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
+            sep_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
+            eos_token_id=tokenizer.sep_token_id,
         )
-    raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {ARCHS}")
+    else:
+        raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {ARCHS}")
+    merged = {**common, **kwargs, **(extra or {})}
+    return cls(vocab_size=vocab_size, **merged), name
 
 
 def build_tiny_model(
@@ -203,13 +228,15 @@ def build_tiny_model(
     initializer_range: float = 0.2,
     seed: int = 0,
     config_overrides: dict | None = None,
+    config_kwargs: dict | None = None,
 ) -> Path:
     """Write a tiny random ``*ForSequenceClassification`` folder and return its path.
 
     ``config_overrides`` are set on the model config before the weights are made, e.g.
     ``{"type_vocab_size": 1}`` (BERT/ELECTRA: the tokenizer then gives the document token type 0
     too, as single-segment models' tokenizers do) or ``{"vocab_size": n}`` (an embedding table of
-    ``n`` rows whatever the tokenizer holds).
+    ``n`` rows whatever the tokenizer holds). ``config_kwargs`` go to the config's constructor
+    instead (fields other fields derive from, e.g. ModernBERT's ``global_attn_every_n_layers``).
 
     ``activation`` (identity/sigmoid/softmax) is stored the way sentence-transformers' CrossEncoder
     does: ``config.sentence_transformers.activation_fn`` or, with ``legacy_activation``, the older
@@ -229,10 +256,12 @@ def build_tiny_model(
         tokenizer = _deberta_tokenizer(model_max_length)
     elif arch == "modernbert":
         tokenizer = _modernbert_tokenizer(model_max_length)
+    elif arch == "roberta":
+        tokenizer = _roberta_tokenizer(model_max_length)
     else:
         raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {ARCHS}")
 
-    config, arch_name = _config(arch, len(tokenizer), tokenizer, num_labels, initializer_range)
+    config, arch_name = _config(arch, len(tokenizer), tokenizer, num_labels, initializer_range, config_kwargs)
     for key, value in (config_overrides or {}).items():
         setattr(config, key, value)
     if arch in ("bert", "electra") and getattr(config, "type_vocab_size", 2) == 1:
@@ -243,6 +272,16 @@ def build_tiny_model(
             single=f"{cls} $A {sep}",
             pair=f"{cls} $A {sep} $B {sep}",  # every token of type 0
             special_tokens=[(cls, tokenizer.cls_token_id), (sep, tokenizer.sep_token_id)],
+        )
+        # transformers 5's BertTokenizer rebuilds its [CLS] A [SEP] B:1 [SEP]:1 template when loaded,
+        # whatever tokenizer.json says; the generic class keeps the file's template (as 4.x did)
+        from transformers import PreTrainedTokenizerFast
+
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=tokenizer.backend_tokenizer,
+            cls_token=cls, sep_token=sep, pad_token=tokenizer.pad_token, unk_token=tokenizer.unk_token,
+            mask_token=tokenizer.mask_token, model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+            **({} if model_max_length is None else {"model_max_length": model_max_length}),
         )
     if id2label is not None:
         config.id2label = {int(k): v for k, v in id2label.items()}
