@@ -1,6 +1,7 @@
 """crossrank.export: turn a Hugging Face cross-encoder into a validated crossrank model folder.
 
-Needs the export extra (``pip install "crossrank[export]"``: torch, transformers, optimum). Importing
+Needs the export extra (``pip install "crossrank[export]"``: torch, transformers, onnx; optimum's
+exporter is used where ``crossrank[export-optimum]`` is installed and fits, else ``torch.onnx``). Importing
 this package is cheap; the heavy libraries load inside :func:`export_model` and :func:`add_variant`.
 
     from crossrank.export import export_model, add_variant
