@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+
+from crossrank.bench.floor import fp32_matmul_model, int8_matmul_model  # the bench's floor uses the same kernels
 
 
 def _session(model, threads: int) -> ort.InferenceSession:
@@ -33,27 +34,6 @@ def _seconds(sess: ort.InferenceSession, feeds: dict, runs: int) -> float:
     return (time.perf_counter() - t0) / runs
 
 
-def int8_model(m: int, k: int, n: int, rng: np.random.Generator):
-    inits = [
-        numpy_helper.from_array(rng.integers(-63, 64, (k, n), dtype=np.int8), "w"),
-        numpy_helper.from_array(np.array(0.01, np.float32), "a_scale"),
-        numpy_helper.from_array(np.full(n, 0.01, np.float32), "w_scale"),
-        numpy_helper.from_array(np.array(128, np.uint8), "a_zero"),
-    ]
-    node = helper.make_node("MatMulIntegerToFloat", ["a", "w", "a_scale", "w_scale", "a_zero"], ["y"], domain="com.microsoft")
-    graph = helper.make_graph([node], "int8", [helper.make_tensor_value_info("a", TensorProto.UINT8, [m, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
-
-
-def fp32_model(m: int, k: int, n: int, rng: np.random.Generator):
-    w = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "w"], ["y"])], "fp32",
-                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", default="1,2", help="intra-op thread counts to try (default 1,2)")
@@ -63,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     m, k, n = (int(x) for x in args.shape.split(","))
     rng = np.random.default_rng(0)
     feeds = {
-        "int8 u8xs8 MatMulIntegerToFloat": (int8_model(m, k, n, rng), {"a": rng.integers(0, 256, (m, k), dtype=np.uint8)}),
-        "fp32 MatMul": (fp32_model(m, k, n, rng), {"a": rng.standard_normal((m, k)).astype(np.float32)}),
+        "int8 u8xs8 MatMulIntegerToFloat": (int8_matmul_model(m, k, n, rng), {"a": rng.integers(0, 256, (m, k), dtype=np.uint8)}),
+        "fp32 MatMul": (fp32_matmul_model(m, k, n, rng), {"a": rng.standard_normal((m, k)).astype(np.float32)}),
     }
     print(f"onnxruntime {ort.__version__}, shape M={m} K={k} N={n}")
     for threads in (int(t) for t in args.threads.split(",")):

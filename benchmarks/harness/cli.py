@@ -85,6 +85,9 @@ def register(subparsers: Any) -> None:
                    "PyTorch fp32 reference; 'all': every measured variant, ~5 more minutes per fp32 variant on 2 cores)")
     p.add_argument("--startup", action=argparse.BooleanOptionalAction, default=True,
                    help="load time, first call and peak RSS, one fresh process per system (default on)")
+    p.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                   help="distance to the compute floor per count (weight multiply-adds of the real tokens / the "
+                   "measured int8 kernel rate) and an onnxruntime op-type profile of one headline call (default on)")
     p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse quality scores whose model file, runtime code, settings, versions and data are all "
                    "unchanged (default on; --no-cache scores everything afresh)")
@@ -178,6 +181,7 @@ def build_config(args: argparse.Namespace) -> Any:
         quality_variants=args.quality_variants,
         dataset=args.dataset,
         startup_probe=args.startup,
+        floor=args.floor,
         score_cache=args.cache,
         hf_model=args.hf_model,
         data_dir=args.data,

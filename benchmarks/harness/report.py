@@ -117,6 +117,9 @@ def markdown(results: Mapping[str, Any]) -> str:
             out.append(f"| {labels.get(s, s)} | {_f(v.get('import_s'), 2)} | {_f(v.get('load_s'), 2)} | "
                        f"{_f(v.get('first_call_ms'))} | {_f(v.get('rss_loaded_mb'), 0)} | {_f(v.get('peak_rss_mb'), 0)} |")
         out.append("")
+    floor = results.get("floor") or {}
+    if floor.get("variants"):
+        out += _floor_tables(floor, labels)
     quality = results.get("quality") or {}
     if quality:
         out += _quality_table(results, quality, labels, systems)
@@ -174,6 +177,39 @@ def _quality_table(results: Mapping[str, Any], quality: Mapping[str, Any], label
     out.append("nDCG@10 as trec_eval computes it (../shared/data/README.md); MRR@10 counts TREC DL grades ≥ 2, "
                "others ≥ 1. Queries: " + ", ".join(f"{DATASET_TITLES.get(d, d)} {n[d]}" for d in dsets) + ".")
     out.append("")
+    return out
+
+
+def _floor_tables(floor: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
+    out = ["### Distance to the compute floor", ""]
+    out.append("Floor = weight multiply-adds of the requests' real tokens (per-token products x tokens + per-pair "
+               "products x candidates) / the measured kernel rate of onnxruntime's own product on one 2048-row "
+               "matrix (int8 variants: u8 x s8 MatMulIntegerToFloat; others: fp32 MatMul). Ratio = measured / floor.")
+    out.append("")
+    out.append("| system | kernel GMAC/s | candidates | tokens/request | floor ms | p50 ms | p50 / floor | mean / floor |")
+    out.append("|---|---|---|---|---|---|---|---|")
+    for s, v in floor["variants"].items():
+        for c, row in v["counts"].items():
+            out.append(f"| {labels.get(s, s)} | {_f(v['kernel']['gmacs_per_s'], 0)} | {c} | {_f(row['tokens_per_request'], 0)} | "
+                       f"{_f(row['floor_ms'])} | {_f(row['p50_ms'])} | {_f(row['ratio_p50'], 2)}× | {_f(row['ratio_mean'], 2)}× |")
+    out.append("")
+    out.append(f"### Where one {floor.get('count')}-candidate call's time goes (onnxruntime profile)")
+    out.append("")
+    for s, v in floor["variants"].items():
+        prof = v["profile"]
+        total = prof["kernel_ms"] or 1.0
+        eff = v.get("weight_op_efficiency")
+        out.append(f"**{labels.get(s, s)}**: {prof['runs']} runs, {_f(prof['wall_ms'])} ms wall, {_f(prof['kernel_ms'])} ms "
+                   f"in operators; weight operators at {_f(100 * eff if eff else None, 0)}% of the kernel rate on the "
+                   f"multiply-adds they ran (padding included; fused attention's own products count against it).")
+        out.append("")
+        out.append("| operator | ms | share |")
+        out.append("|---|---|---|")
+        for op, ms in prof["op_ms"].items():
+            if ms / total < 0.005:
+                continue
+            out.append(f"| {op} | {_f(ms)} | {100 * ms / total:.1f}% |")
+        out.append("")
     return out
 
 

@@ -58,6 +58,7 @@ class BenchConfig:
     warmup: int = 2
     max_seconds: float = 8.0
     startup_probe: bool = True
+    floor: bool = True  # distance to the compute floor + one profiled call per crossrank variant (crossrank.bench.floor)
     score_cache: bool = True  # reuse quality scores whose every input is unchanged (see quality.py)
     smoke: bool = False
     hf_model: Path | None = None
@@ -200,6 +201,13 @@ def _run(cfg: BenchConfig, progress: Callable[[str], None] | None) -> dict[str, 
     latency = {k: v for k, v in latency.items() if v}
     budget_answers = _budgets.budget_answers(latency, cfg.budgets_ms)
 
+    # -- distance to the compute floor, op-type breakdown of one call ------------------------------
+    floor: dict[str, Any] = {}
+    t_phase = time.perf_counter()
+    if cfg.floor:
+        floor = _floor(cfg, model_dir, manifest, systems, latency, requests, plan, say)
+    phases["floor_s"] = round(time.perf_counter() - t_phase, 1)
+
     # -- start-up and memory, one fresh process per system ----------------------------------------
     startup: dict[str, Any] = {}
     t_phase = time.perf_counter()
@@ -259,12 +267,48 @@ def _run(cfg: BenchConfig, progress: Callable[[str], None] | None) -> dict[str, 
         "budgets": budget_answers,
         "startup": startup,
         "quality": quality,
+        "floor": floor,
         "peers": {"prepared": prepared} if prepared else {},
         "elapsed_s": round(time.perf_counter() - started, 1),
         "phases": phases,
         # Other processes competing for the cores make absolute figures slower (ratios hold better).
         "load_average": {"start": load_start, "end": _loadavg(), "usable_cores": machine.get("usable_cores")},
     }
+
+
+def _floor(cfg: BenchConfig, model_dir: Path, manifest: Manifest, systems: Sequence[System], latency: dict[str, Any],
+           requests: dict[int, list[tuple[str, list[str]]]], plan: LatencyPlan, say: Callable[[str], None]) -> dict[str, Any]:
+    """Per crossrank variant: one profiled call at the headline count, the kernel rate of its
+    precision (int8: u8 x s8 ``MatMulIntegerToFloat``; else fp32 ``MatMul``) and the floor ratio
+    per measured count (:mod:`crossrank.bench.floor`)."""
+    from .floor import floor_table, kernel_rate, profile_call  # noqa: PLC0415
+
+    count = cfg.headline_count if cfg.headline_count in plan.counts else plan.counts[len(plan.counts) // 2]
+    query, docs = requests[count][0]
+    out: dict[str, Any] = {"count": count, "variants": {}}
+    rates: dict[tuple[str, int, int], float] = {}
+    for s in systems:
+        if s.kind != "crossrank" or s.name not in latency:
+            continue
+        variant = s.info["variant"]
+        kind = "int8" if manifest.variants[variant].precision == "int8" else "fp32"
+        say(f"floor: profiling one {count}-candidate call of crossrank {variant}")
+        prof = profile_call(model_dir, variant, query, docs)
+        key = (kind, *prof.widest_weight)
+        if key not in rates:
+            say(f"floor: measuring the {kind} kernel rate at {prof.widest_weight[0]}x{prof.widest_weight[1]}")
+            rates[key] = kernel_rate(k=prof.widest_weight[0], n=prof.widest_weight[1], kind=kind)
+        rate = rates[key]
+        out["variants"][s.name] = {
+            "kernel": {"kind": kind, "m": 2048, "k": prof.widest_weight[0], "n": prof.widest_weight[1],
+                       "gmacs_per_s": round(rate / 1e9, 2)},
+            "profile": prof.as_dict(),
+            # the weight operators' own time against the kernel rate on the MACs they ran (padding included)
+            "weight_op_efficiency": round(prof.executed_weight_macs / rate * 1e3 / prof.weight_op_ms, 3)
+            if prof.weight_op_ms > 0 else None,
+            "counts": floor_table(latency[s.name], prof, rate),
+        }
+    return out
 
 
 def _loadavg() -> list[float] | None:
