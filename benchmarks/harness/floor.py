@@ -55,7 +55,9 @@ def int8_matmul_model(m: int, k: int, n: int, rng: np.random.Generator) -> Any:
     node = helper.make_node("MatMulIntegerToFloat", ["a", "w", "a_scale", "w_scale", "a_zero"], ["y"], domain="com.microsoft")
     graph = helper.make_graph([node], "int8", [helper.make_tensor_value_info("a", TensorProto.UINT8, [m, k])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    # IR 8 (what opset 17 needs), not the installed onnx's newest: older onnxruntime builds load it too
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                             ir_version=8)
 
 
 def fp32_matmul_model(m: int, k: int, n: int, rng: np.random.Generator) -> Any:
@@ -66,7 +68,7 @@ def fp32_matmul_model(m: int, k: int, n: int, rng: np.random.Generator) -> Any:
     graph = helper.make_graph([helper.make_node("MatMul", ["a", "w"], ["y"])], "fp32",
                               [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def kernel_rate(*, k: int, n: int, m: int = 2048, threads: int | None = None, kind: str = "int8", runs: int = 20,
