@@ -16,6 +16,9 @@ from crossrank.errors import ExportError, InvalidInputError
 from crossrank.export import quantize
 from crossrank.export.pairs import PairsFileError
 from crossrank.export.quantize import (
+    CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION_METHOD,
+    DEFAULT_CALIBRATION_PERCENTILE,
     DEFAULT_INT8_SCHEME,
     INT8_SCHEMES,
     SOURCE_VARIANT,
@@ -203,6 +206,63 @@ def test_static_int8_user_calibration_pairs_change_the_scales(tiny_graphs, tmp_p
 
     sa, sb = scales(a), scales(b)
     assert sa.keys() == sb.keys() and any(sa[k] != sb[k] for k in sa)
+
+
+def _quantizer_scales(path: Path) -> dict[str, float]:
+    """Each static QuantizeLinear's constant scale, by the tensor it quantizes."""
+    import onnx
+
+    g = onnx.load(str(path)).graph
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in g.initializer}
+    return {n.input[0]: float(init[n.input[1]]) for n in g.node if n.op_type == "QuantizeLinear"}
+
+
+def test_percentile_calibration_clips_ranges_and_stays_batch_invariant(tiny_graphs, tmp_path: Path) -> None:
+    assert DEFAULT_CALIBRATION_METHOD == "minmax" and set(CALIBRATION_METHODS) == {"minmax", "percentile"}
+    minmax, clipped, full = tmp_path / "minmax.onnx", tmp_path / "p99.onnx", tmp_path / "p100.onnx"
+    _quantize(tiny_graphs, minmax, "static")
+    settings = _quantize(tiny_graphs, clipped, "static", calibration_method="percentile", calibration_percentile=99.0)
+    cal = settings["calibration"]
+    assert cal["method"] == "Percentile" and cal["percentile"] == 99.0
+    assert cal["histogram_bins"] == quantize.PERCENTILE_BINS and cal["frozen_quantizers"] == 9
+    json.dumps(settings)
+    default = _quantize(tiny_graphs, tmp_path / "pdefault.onnx", "static", calibration_method="percentile")
+    assert default["calibration"]["percentile"] == DEFAULT_CALIBRATION_PERCENTILE
+    _quantize(tiny_graphs, full, "static", calibration_method="percentile", calibration_percentile=100)
+
+    m, c, f = _quantizer_scales(minmax), _quantizer_scales(clipped), _quantizer_scales(full)
+    assert m.keys() == c.keys() == f.keys() and len(m) == 9
+    # clipping 1% of the values at each end narrows every range, most of them clearly
+    assert all(c[k] <= m[k] * (1 + 1e-6) for k in m)
+    assert sum(c[k] < 0.9 * m[k] for k in m) >= 5
+    # the 100th percentile is MinMax again, to within one histogram bin of the range
+    for k in m:
+        assert abs(f[k] - m[k]) <= m[k] * 255 / quantize.PERCENTILE_BINS + 1e-9
+
+    together, alone = _scores(clipped, tiny_graphs["tokenizer"])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6)  # still static scales: batch-invariant
+    ref, _ = _scores(tiny_graphs["opt"], tiny_graphs["tokenizer"])
+    mm, _ = _scores(minmax, tiny_graphs["tokenizer"])
+    assert not np.array_equal(together, mm)  # the clipped ranges reach the scores
+
+
+@pytest.mark.parametrize(
+    ("options", "scheme", "match"),
+    [
+        (dict(calibration_method="entropy"), "static", "unknown calibration method 'entropy'; choose one of minmax, percentile"),
+        (dict(calibration_percentile=99.99), "static", "applies only to calibration_method='percentile'"),
+        (dict(calibration_method="percentile", calibration_percentile=50), "static", r"in \(50, 100\]"),
+        (dict(calibration_method="percentile", calibration_percentile=100.5), "static", r"in \(50, 100\]"),
+        (dict(calibration_method="percentile", calibration_percentile=True), "static", r"in \(50, 100\]"),
+        (dict(calibration_method="percentile", calibration_percentile="99.9"), "static", r"in \(50, 100\]"),
+        (dict(calibration_method="percentile"), "dynamic", "only to the static int8 scheme, not 'dynamic'"),
+    ],
+)
+def test_calibration_option_errors(tiny_graphs, tmp_path: Path, options: dict, scheme: str, match: str) -> None:
+    dst = tmp_path / "x.onnx"
+    with pytest.raises(ExportError, match=match):
+        _quantize(tiny_graphs, dst, scheme, **options)
+    assert not dst.exists()
 
 
 def test_dynamic_int8_keeps_per_call_scales(tiny_graphs, tmp_path: Path) -> None:
