@@ -74,6 +74,18 @@ Calibration range
     few outliers stop widening every other value's step; values outside clip. Which one ranks
     better, measured on three relevance sets, is in ``docs/int8-fidelity.md``; MinMax stays the
     default because percentile clipping did not beat it there.
+
+Scale migration (``smoothing_alpha``)
+    SmoothQuant-style: a few input channels of a projection carry activations tens of times
+    larger than the rest, and one per-tensor uint8 scale must cover them. With
+    ``smoothing_alpha=a`` (static only) each quantized operator's input channel j is divided by
+    ``s_j = max|X_j|^a / max|W_j,:|^(1-a)`` (``max|X_j|`` over the calibration pairs, ``W_j,:``
+    the weight row it multiplies, s clipped to [1e-2, 1e2]) and that row multiplied by it: exact
+    in fp32, flatter activations, a little wider weights (per-channel int8 over output channels).
+    In this post-LayerNorm graph a LayerNorm's output also feeds the residual, so its gamma/beta
+    cannot absorb ``1/s``; a ``Mul`` by the constant ``1/s`` goes in front of the quantized
+    operator alone (one per distinct input; the feed-forward down-projection, whose input is the
+    GELU output, is migrated the same way).
 """
 from __future__ import annotations
 
@@ -204,6 +216,7 @@ def quantize_int8(
     num_special_tokens_pair: int = 0,
     calibration_method: str = DEFAULT_CALIBRATION_METHOD,
     calibration_percentile: float | None = None,
+    smoothing_alpha: float | None = None,
 ) -> dict:
     """Quantize ``src_onnx`` to int8, write ``dst_onnx``, and return the settings for the manifest.
 
@@ -215,6 +228,8 @@ def quantize_int8(
     ``calibration_method`` (static only; :data:`CALIBRATION_METHODS`) and, for ``"percentile"``,
     ``calibration_percentile`` (a percent in (50, 100]; None = :data:`DEFAULT_CALIBRATION_PERCENTILE`)
     choose how the calibrated values become ranges (module docstring, *Calibration range*).
+    ``smoothing_alpha`` (static only; in [0, 1]; None = no migration) moves activation outliers
+    into the weights first (module docstring, *Scale migration*).
     Every failure raises :class:`~crossrank.errors.ExportError`, an onnxruntime error as its
     ``__cause__``; the file is written atomically, so a failure leaves ``dst_onnx`` as it was.
     """
@@ -228,6 +243,12 @@ def quantize_int8(
     if scheme == "static" and calibration_pairs is not None and not calibration_pairs:
         raise ExportError("static int8 needs at least one calibration pair (got an empty list)")
     percentile = _check_calibration_method(scheme, calibration_method, calibration_percentile)
+    if smoothing_alpha is not None:
+        if scheme != "static":
+            raise ExportError(f"smoothing_alpha applies only to the static int8 scheme, not {scheme!r}")
+        if isinstance(smoothing_alpha, bool) or not isinstance(smoothing_alpha, (int, float)) \
+                or not 0.0 <= smoothing_alpha <= 1.0:
+            raise ExportError(f"smoothing_alpha must be a number in [0, 1], got {smoothing_alpha!r}")
     onnx, onnxruntime, quantization = _import_ort()
 
     model = _load(onnx, src_onnx)  # the graph's structure only: weights stay on disk
@@ -265,19 +286,26 @@ def quantize_int8(
     }
     try:
         dst_onnx.parent.mkdir(parents=True, exist_ok=True)
-        if scheme == "static":
-            # the MinMax range of every quantized operator's activation input, on the fp32 graph
-            pairs = load_calibration_pairs(None) if calibration_pairs is None else list(calibration_pairs)
-            feeds = _calibration_feeds(
-                pairs, tokenizer_json=tokenizer_json, input_types=input_types,
-                input_names=input_names, max_length=max_length, num_special_tokens_pair=num_special_tokens_pair,
-            )
-            ranges = _activation_ranges(onnx, onnxruntime, src_onnx, sorted(set(targets.values())), feeds,
-                                        percentile=percentile)
         with tempfile.TemporaryDirectory(prefix="crossrank-int8-") as tmp:
+            source = src_onnx
+            if scheme == "static":
+                pairs = load_calibration_pairs(None) if calibration_pairs is None else list(calibration_pairs)
+                feeds = _calibration_feeds(
+                    pairs, tokenizer_json=tokenizer_json, input_types=input_types,
+                    input_names=input_names, max_length=max_length, num_special_tokens_pair=num_special_tokens_pair,
+                )
+                if smoothing_alpha is not None:
+                    source = Path(tmp) / "smoothed.onnx"
+                    migrated = _smooth(onnx, onnxruntime, src_onnx, source, targets, feeds, float(smoothing_alpha))
+                    targets = _nodes_to_quantize(_load(onnx, source))
+                    settings["smoothing"] = {"method": "SmoothQuant", "alpha": float(smoothing_alpha),
+                                             "inputs_migrated": migrated}
+                # the range of every quantized operator's activation input, on the fp32 graph
+                ranges = _activation_ranges(onnx, onnxruntime, source, sorted(set(targets.values())), feeds,
+                                            percentile=percentile)
             dynamic_path = Path(tmp) / "dynamic.onnx"
             quantization.quantize_dynamic(
-                str(src_onnx),
+                str(source),
                 str(dynamic_path),
                 op_types_to_quantize=list(_QUANTIZED_OP_TYPES),
                 nodes_to_quantize=list(targets),
@@ -455,6 +483,59 @@ def _freeze_activation_scales(qmodel: Any, ranges: tuple[dict[str, float], dict[
         graph.node.remove(node)
         graph.node.insert(index, quant)
     return len(dql)
+
+
+def _smooth(
+    onnx: Any, onnxruntime: Any, src: Path, dst: Path, targets: dict[str, str], feeds: list[dict[str, Any]],
+    alpha: float,
+) -> int:
+    """Write ``src`` with each quantized operator's input scaled per channel by ``1/s`` and its
+    weight rows by ``s`` (module docstring, *Scale migration*) to ``dst``; the inputs migrated."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    tensors = sorted(set(targets.values()))
+    probe = onnx.load(str(src))
+    for t in tensors:
+        probe.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    probe_path = dst.with_name("smooth-probe.onnx")
+    onnx.save(probe, str(probe_path), save_as_external_data=needs_external_data(probe))
+    del probe
+    session = onnxruntime.InferenceSession(str(probe_path), options, providers=["CPUExecutionProvider"])
+    amax: dict[str, Any] = {}
+    for feed in feeds:
+        for t, value in zip(tensors, session.run(tensors, feed)):
+            m = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
+            amax[t] = np.maximum(amax[t], m) if t in amax else m
+    del session
+    model = onnx.load(str(src))
+    init = {i.name: i for i in model.graph.initializer}
+    by_input: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        if node.name in targets:
+            by_input.setdefault(targets[node.name], []).append(node)
+    migrated = 0
+    for t, users in by_input.items():
+        weights = [numpy_helper.to_array(init[n.input[1]]) for n in users]
+        if t not in amax or any(w.ndim != 2 or w.shape[0] != amax[t].shape[0] for w in weights):
+            continue  # not a [in, out] weight over the activation's last axis: leave it as it is
+        wmax = np.concatenate([np.abs(w) for w in weights], axis=1).max(axis=1)
+        # epsilon 1e-5: a channel that is all zeros on the pairs keeps a finite scale
+        s = np.maximum(amax[t], 1e-5) ** alpha / np.maximum(wmax, 1e-5) ** (1.0 - alpha)
+        s = np.clip(s, 1e-2, 1e2).astype(np.float32)
+        inv = numpy_helper.from_array((1.0 / s).astype(np.float32), f"{t}_smooth_inv")
+        model.graph.initializer.append(inv)
+        mul = helper.make_node("Mul", [t, inv.name], [f"{t}_smoothed"], name=f"{t}_smooth")
+        model.graph.node.insert(min(list(model.graph.node).index(n) for n in users), mul)
+        for node, w in zip(users, weights):
+            init[node.input[1]].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(np.float32), node.input[1]))
+            node.input[0] = f"{t}_smoothed"
+        migrated += 1
+    onnx.save(model, str(dst), save_as_external_data=needs_external_data(model))
+    return migrated
 
 
 def _check_calibration_method(scheme: str, method: str, percentile: float | None) -> float | None:

@@ -256,6 +256,9 @@ def test_percentile_calibration_clips_ranges_and_stays_batch_invariant(tiny_grap
         (dict(calibration_method="percentile", calibration_percentile=True), "static", r"in \(50, 100\]"),
         (dict(calibration_method="percentile", calibration_percentile="99.9"), "static", r"in \(50, 100\]"),
         (dict(calibration_method="percentile"), "dynamic", "only to the static int8 scheme, not 'dynamic'"),
+        (dict(smoothing_alpha=0.5), "dynamic", "smoothing_alpha applies only to the static int8 scheme"),
+        (dict(smoothing_alpha=1.5), "static", r"smoothing_alpha must be a number in \[0, 1\]"),
+        (dict(smoothing_alpha=True), "static", r"smoothing_alpha must be a number in \[0, 1\]"),
     ],
 )
 def test_calibration_option_errors(tiny_graphs, tmp_path: Path, options: dict, scheme: str, match: str) -> None:
@@ -263,6 +266,56 @@ def test_calibration_option_errors(tiny_graphs, tmp_path: Path, options: dict, s
     with pytest.raises(ExportError, match=match):
         _quantize(tiny_graphs, dst, scheme, **options)
     assert not dst.exists()
+
+
+def test_scale_migration_is_exact_in_fp32_and_flattens_the_ranges(tiny_graphs, tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime
+
+    model = onnx.load(str(tiny_graphs["opt"]))
+    targets = quantize._nodes_to_quantize(model)
+    feeds = quantize._calibration_feeds(
+        load_calibration_pairs(None)[:40], tokenizer_json=tiny_graphs["tokenizer"],
+        input_types=quantize._input_types(model), input_names=NAMES, max_length=128, num_special_tokens_pair=0,
+    )
+    smoothed = tmp_path / "smoothed.onnx"
+    migrated = quantize._smooth(onnx, onnxruntime, tiny_graphs["opt"], smoothed, targets, feeds, 0.5)
+    assert migrated == len(set(targets.values())) and migrated >= 5
+    ops = [n for n in onnx.load(str(smoothed)).graph.node if n.name.endswith("_smooth")]
+    assert len(ops) == migrated and {n.op_type for n in ops} == {"Mul"}
+    ref, _ = _scores(tiny_graphs["opt"], tiny_graphs["tokenizer"])
+    got, _ = _scores(smoothed, tiny_graphs["tokenizer"])
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4)  # the same function in fp32...
+
+    # ...whose quantized inputs have flatter channels: the largest channel max over the median one
+    def spread(path: Path, tensors: list[str]) -> list[float]:
+        m = onnx.load(str(path))
+        for t in tensors:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+        sess = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        outs = sess.run(tensors, feeds[0])
+        return [float(np.abs(v).max(axis=(0, 1)).max() / np.median(np.abs(v).max(axis=(0, 1)))) for v in outs]
+
+    before = spread(tiny_graphs["opt"], sorted(set(targets.values())))
+    after = spread(smoothed, sorted(f"{t}_smoothed" for t in set(targets.values())))
+    assert np.mean(after) < np.mean(before)
+
+
+def test_static_int8_with_scale_migration(tiny_graphs, tmp_path: Path) -> None:
+    plain, smooth = tmp_path / "plain.onnx", tmp_path / "smooth.onnx"
+    _quantize(tiny_graphs, plain, "static")
+    settings = _quantize(tiny_graphs, smooth, "static", smoothing_alpha=0.5)
+    assert settings["smoothing"] == {"method": "SmoothQuant", "alpha": 0.5, "inputs_migrated": 9}
+    assert settings["nodes_quantized"] == settings["nodes_targeted"] == 9
+    assert "Mul" in _ops(smooth) and "DynamicQuantizeLinear" not in _ops(smooth)
+    json.dumps(settings)
+    together, alone = _scores(smooth, tiny_graphs["tokenizer"])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6)  # static scales: batch-invariant
+    ref, _ = _scores(tiny_graphs["opt"], tiny_graphs["tokenizer"])
+    base, _ = _scores(plain, tiny_graphs["tokenizer"])
+    assert not np.array_equal(together, base)
+    assert np.abs(together - ref).max() < 0.5 * (np.abs(ref).max() + 1e-3)
+    assert "smoothing" not in _quantize(tiny_graphs, plain, "static")  # the default writes no such key
 
 
 def test_dynamic_int8_keeps_per_call_scales(tiny_graphs, tmp_path: Path) -> None:
