@@ -10,10 +10,24 @@ For each int8 candidate of a cross-encoder (and its fp32 / ORT-optimized graphs)
   all candidates interleaved query by query in one process, so the ratios share the same noise);
 * batch invariance: max |Δ logit| of the same 100 candidates scored as one padded batch of 100,
   as length-sorted batches of <= 32, and one pair at a time;
-* fidelity: mean / max |Δ logit| against the fp32 graph on TREC DL.
+* fidelity: mean / max |Δ logit| against the fp32 graph on TREC DL;
+* with ``--fidelity``, pair-level fidelity against fp32 per query on every scored set: mean
+  Spearman over queries, top-1 agreement (same best candidate), top-5 agreement (mean overlap of
+  the top-5 sets), max and mean |Δ logit| over all pairs.
 
     python benchmarks/int8_study.py --model /path/to/hf-cross-encoder [--data ../shared/data]
         [--work /tmp/int8-study] [--candidates all] [--threads 2] [--latency-queries 20]
+
+    # the calibration study of docs/int8-fidelity.md: graphs from an exported crossrank folder
+    python benchmarks/int8_study.py --folder /path/to/crossrank-folder --fidelity \
+        --ndcg trec:512,wikiqa:512,scifact:512 --slices trec=14:54:50,scifact=0:40: \
+        --candidates crossrank-static,static-p99.99,...
+
+``--folder`` takes the graphs of a crossrank model folder instead of exporting them: ``fp32`` is
+then the folder's ORT-optimized fp32 graph ``model.opt.onnx`` (the int8 source; its scores are
+within 1e-5 of PyTorch's). ``--slices set=first:last:candidates`` scores only queries
+``[first:last]`` of a set and the first ``candidates`` of each (empty = all); the slice is part of
+the score cache key.
 
 Data is read from ``--data`` (default ``../shared/data`` beside the repository); nothing is copied.
 Scores are cached under ``--work`` so that an interrupted run resumes; the markdown table goes to
@@ -35,6 +49,15 @@ static-qdq-plain-naive     quantize_static QDQ on the plain graph with ORT's def
                            activations and weights, per channel, MatMul)
 static-qdq-plain-repaired  the same made usable: u8 activations, 7-bit weights, weight MatMuls
                            only, MatMul outputs not quantized, residual stream kept fp32
+static-pNN.NN              crossrank static with ``calibration_method="percentile"`` at NN.NN
+                           (any percentile: ``static-p99.99``, ``static-p99.999``...)
+static-long                crossrank static (MinMax), built-in pairs plus long synthetic pairs:
+                           each built-in query with its own passages joined into ~300-500 tokens
+static-trec-heldout        crossrank static (MinMax) calibrated on TREC DL 2020 queries 0-13
+                           (their first 20 candidates): evaluate TREC only on queries 14-53
+static-trec-heldout-p99.99 the same pairs, percentile 99.99
+static-smooth-aA           crossrank static (MinMax) with ``smoothing_alpha=A`` (0.3, 0.5, 0.7):
+                           SmoothQuant-style scale migration, built-in pairs
 =========================  ===================================================================
 """
 from __future__ import annotations
@@ -53,7 +76,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-SETS = {"trec": "trec-dl-2020.jsonl.gz", "scifact": "scifact-test-bm25top20.jsonl.gz"}
+SETS = {"trec": "trec-dl-2020.jsonl.gz", "wikiqa": "wikiqa-test.jsonl.gz", "scifact": "scifact-test-bm25top20.jsonl.gz"}
+HELDOUT_TREC_QUERIES = 14  # static-trec-heldout calibrates on TREC queries [0:14]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -222,7 +246,26 @@ class _Reader:
         self.it = iter(self.feeds)
 
 
-def build_candidates(plain: Path, opt: Path, tokenizer: Path, work: Path, max_length: int) -> dict[str, Callable[[], Path]]:
+def long_pairs(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Long synthetic calibration pairs from ``pairs``: each query with all its passages joined,
+    rotated so that each passage leads once (~300-500 tokens for the built-in set)."""
+    by_query: dict[str, list[str]] = {}
+    for q, d in pairs:
+        by_query.setdefault(q, []).append(d)
+    out = []
+    for q, docs in by_query.items():
+        for k in range(len(docs)):
+            out.append((q, " ".join(docs[k:] + docs[:k])))
+    return out
+
+
+def heldout_pairs(data: Path) -> list[tuple[str, str]]:
+    recs = load_set(data / SETS["trec"])[:HELDOUT_TREC_QUERIES]
+    return [(r["query"], c["text"]) for r in recs for c in r["candidates"][:20]]
+
+
+def build_candidates(plain: Path, opt: Path, tokenizer: Path, work: Path, max_length: int,
+                     data: Path | None = None) -> dict[str, Callable[[], Path]]:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
@@ -240,9 +283,14 @@ def build_candidates(plain: Path, opt: Path, tokenizer: Path, work: Path, max_le
             return out
         return build
 
-    def crossrank(scheme: str):
-        return lambda out: quantize_int8(opt, out, scheme=scheme, calibration_pairs=None, tokenizer_json=tokenizer,
-                                         input_names=list(INPUTS), max_length=max_length)
+    def crossrank(scheme: str, pairs: Callable[[], list] | None = None, **options):
+        return lambda out: quantize_int8(opt, out, scheme=scheme, calibration_pairs=None if pairs is None else pairs(),
+                                         tokenizer_json=tokenizer, input_names=list(INPUTS), max_length=max_length,
+                                         **options)
+
+    def percentile(name: str) -> Callable[[], Path]:
+        return cached(name, crossrank("static", calibration_method="percentile",
+                                      calibration_percentile=float(name.rsplit("-p", 1)[1])))
 
     def static_plain(out: Path, *, repaired: bool) -> None:
         reader = _Reader(make_tokenizer(tokenizer, max_length), load_calibration_pairs(None))
@@ -256,8 +304,18 @@ def build_candidates(plain: Path, opt: Path, tokenizer: Path, work: Path, max_le
         if repaired:
             _keep_residual_fp32(out)
 
+    builtin = lambda: load_calibration_pairs(None)  # noqa: E731
+
+    held = lambda: heldout_pairs(data)  # noqa: E731
     return {
         "fp32": lambda: plain,
+        **{n: percentile(n) for n in ("static-p99.9", "static-p99.99", "static-p99.999", "static-p99.9999")},
+        **{f"static-smooth-a{a}": cached(f"static-smooth-a{a}", crossrank("static", smoothing_alpha=float(a)))
+           for a in ("0.3", "0.5", "0.7")},
+        "static-long": cached("static-long", crossrank("static", lambda: builtin() + long_pairs(builtin()))),
+        "static-trec-heldout": cached("static-trec-heldout", crossrank("static", held)),
+        "static-trec-heldout-p99.99": cached("static-trec-heldout-p99.99", crossrank(
+            "static", held, calibration_method="percentile", calibration_percentile=99.99)),
         "optimized": lambda: opt,
         "crossrank-static": cached("crossrank-static", crossrank("static")),
         "crossrank-dynamic": cached("crossrank-dynamic", crossrank("dynamic")),
@@ -279,6 +337,42 @@ def build_candidates(plain: Path, opt: Path, tokenizer: Path, work: Path, max_le
 # ------------------------------------------------------------------------------------------------
 # measurements
 # ------------------------------------------------------------------------------------------------
+def per_query_fidelity(records: list[dict], ref: np.ndarray, s: np.ndarray) -> dict[str, float]:
+    """Pair-level fidelity of ``s`` against ``ref`` (flat, in record order): mean Spearman over
+    queries, top-1 agreement, top-5 overlap (queries with > 5 candidates), max / mean |Δ logit|."""
+    from crossrank.export.validate import spearman
+
+    rho, top1, top5, k = [], [], [], 0
+    for r in records:
+        n = len(r["candidates"])
+        a, b = ref[k : k + n], s[k : k + n]
+        k += n
+        rho.append(spearman(a, b))
+        ra, rb = np.argsort(-a, kind="stable"), np.argsort(-b, kind="stable")
+        top1.append(float(ra[0] == rb[0]))
+        if n > 5:
+            top5.append(len(set(ra[:5].tolist()) & set(rb[:5].tolist())) / 5.0)
+    d = np.abs(s - ref)
+    return {"spearman": float(np.mean(rho)), "top1": float(np.mean(top1)),
+            "top5": float(np.mean(top5)) if top5 else float("nan"), "max_d": float(d.max()), "mean_d": float(d.mean())}
+
+
+def parse_slices(text: str) -> dict[str, tuple[int | None, int | None, int | None]]:
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, spec = item.split("=")
+        first, last, cands = (spec.split(":") + ["", "", ""])[:3]
+        out[name] = tuple(int(v) if v else None for v in (first, last, cands))
+    return out
+
+
+def apply_slice(records: list[dict], cut: tuple[int | None, int | None, int | None] | None) -> list[dict]:
+    if cut is None:
+        return records
+    first, last, cands = cut
+    return [dict(r, candidates=r["candidates"][:cands]) for r in records[first:last]]
+
+
 def cached_scores(work: Path, cand: str, set_name: str, max_length: int, compute: Callable[[], np.ndarray]) -> np.ndarray:
     f = work / "scores" / f"{cand}__{set_name}_{max_length}.npy"
     if f.is_file():
@@ -321,30 +415,41 @@ def invariance(session, tok, records: list[dict], count: int) -> float:
 # ------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, required=True, help="Hugging Face cross-encoder folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", type=Path, help="Hugging Face cross-encoder folder (exported here)")
+    src.add_argument("--folder", type=Path, help="crossrank model folder: its model.opt.onnx is the fp32 reference")
+    p.add_argument("--fidelity", action="store_true", help="per-query pair fidelity against fp32 on every set")
+    p.add_argument("--slices", default="", help="set=first:last:candidates,... (score a slice of a set)")
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="folder of the relevance sets")
     p.add_argument("--work", type=Path, default=Path("/tmp/crossrank-int8-study"), help="scratch folder (graphs, score cache)")
     p.add_argument("--candidates", default="all", help="comma list of candidate names, or 'all'")
     p.add_argument("--ndcg", default="trec:512,scifact:512,scifact:256", help="set:max_length list ('' to skip nDCG)")
     p.add_argument("--calibration-length", type=int, default=512, help="max_length for calibration and latency")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--latency-queries", type=int, default=20)
+    p.add_argument("--latency-queries", type=int, default=20, help="0: no latency measurement")
     p.add_argument("--latency-candidates", type=int, default=50)
     p.add_argument("--latency-rounds", type=int, default=2)
-    p.add_argument("--invariance-queries", type=int, default=2)
+    p.add_argument("--invariance-queries", type=int, default=2, help="0: no batch-invariance check")
     p.add_argument("--out", type=Path, help="also write the markdown table here")
     args = p.parse_args(argv)
 
     args.work.mkdir(parents=True, exist_ok=True)
-    plain, opt, tokenizer = prepare_graphs(args.model, args.work)
-    builders = build_candidates(plain, opt, tokenizer, args.work, args.calibration_length)
+    if args.folder:
+        plain, opt, tokenizer = args.folder / "model.opt.onnx", args.folder / "model.opt.onnx", args.folder / "tokenizer.json"
+    else:
+        plain, opt, tokenizer = prepare_graphs(args.model, args.work)
+    builders = build_candidates(plain, opt, tokenizer, args.work, args.calibration_length, args.data)
     names = list(builders) if args.candidates == "all" else [c.strip() for c in args.candidates.split(",") if c.strip()]
-    unknown = set(names) - set(builders)
+    unknown = {n for n in names if n not in builders and not n.startswith("static-p")}
     if unknown:
         p.error(f"unknown candidates {sorted(unknown)}; choose from {', '.join(builders)}")
     if "fp32" not in names:
         names.insert(0, "fp32")  # the reference of every ratio
-    paths = {n: builders[n]() for n in names}
+    paths = {}
+    for n in names:
+        t = time.perf_counter()
+        paths[n] = builders[n]() if n in builders else _percentile_builder(n, opt, tokenizer, args)()
+        print(f"  graph {n}: {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
     data = {k: load_set(args.data / f) for k, f in SETS.items()}
     for k, recs in data.items():  # the metric must reproduce the published first-stage figures
         first_stage = mean_ndcg(recs, np.concatenate([-np.arange(len(r["candidates"]), dtype=np.float32) for r in recs]))
@@ -352,15 +457,21 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: dict[str, dict] = {n: {} for n in names}
     specs = [(s.split(":")[0], int(s.split(":")[1])) for s in args.ndcg.split(",") if s.strip()]
+    slices = parse_slices(args.slices)
     for set_name, length in specs:
-        recs = data[set_name]
+        recs = apply_slice(data[set_name], slices.get(set_name))
+        key = set_name + ("[" + ":".join("" if v is None else str(v) for v in slices[set_name]) + "]"
+                          if set_name in slices else "")
         pairs = [(r["query"], c["text"]) for r in recs for c in r["candidates"]]
         tok = make_tokenizer(tokenizer, length)
         for n in names:
-            s = cached_scores(args.work, n, set_name, length,
+            s = cached_scores(args.work, n, key, length,
                               lambda: score(make_session(paths[n], args.threads), tok, pairs))
             rows[n][f"{set_name}@{length}"] = mean_ndcg(recs, s)
-            if set_name == "trec":
+            if args.fidelity:
+                ref = cached_scores(args.work, "fp32", key, length, lambda: np.zeros(0))
+                rows[n][f"fid {set_name}"] = per_query_fidelity(recs, ref, s)
+            elif set_name == "trec":
                 ref = cached_scores(args.work, "fp32", set_name, length, lambda: np.zeros(0))
                 if ref.shape == s.shape:
                     rows[n]["mean_d"] = float(np.abs(s - ref).mean())
@@ -369,14 +480,16 @@ def main(argv: list[str] | None = None) -> int:
     tok = make_tokenizer(tokenizer, args.calibration_length)
     sessions = {n: make_session(paths[n], args.threads) for n in names}
     for n in names:
-        rows[n]["invariance"] = invariance(sessions[n], tok, data["trec"][5 : 5 + args.invariance_queries], 100)
-    times = latency(sessions, tok, data["trec"][: args.latency_queries], candidates=args.latency_candidates,
-                    rounds=args.latency_rounds)
-    base = np.array(times["fp32"])
+        rows[n]["invariance"] = (invariance(sessions[n], tok, data["trec"][5 : 5 + args.invariance_queries], 100)
+                                 if args.invariance_queries else float("nan"))
+    if args.latency_queries:
+        times = latency(sessions, tok, data["trec"][: args.latency_queries], candidates=args.latency_candidates,
+                        rounds=args.latency_rounds)
+        base = np.array(times["fp32"])
     for n in names:
-        t = np.array(times[n])
+        t = np.array(times[n]) if args.latency_queries else np.array([np.nan])
         rows[n]["ms"] = 1000 * float(np.median(t))
-        rows[n]["speedup"] = float(np.median(base / t))  # per-query ratio: robust to load drifting over the run
+        rows[n]["speedup"] = float(np.median(base / t)) if args.latency_queries else float("nan")
 
     cols = [f"{s}@{l}" for s, l in specs]
     head = "| candidate | " + " | ".join(f"nDCG {c} (% fp32)" for c in cols) + \
@@ -387,11 +500,35 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{r[c]:.4f} ({100 * r[c] / ref[c]:.2f}%)" if c in r else "–" for c in cols]
         fid = f"{r['mean_d']:.3f} / {r['max_d']:.2f}" if "mean_d" in r else "–"
         lines.append(f"| {n} | " + " | ".join(cells) + f" | {fid} | {r['ms']:.0f} | {r['speedup']:.2f}x | {r['invariance']:.2g} |")
+    if args.fidelity:
+        sets = [s for s, _ in specs]
+        lines += ["", "| candidate | " + " | ".join(f"{s}: Spearman / top-1 / top-5 / max / mean abs Δ logit" for s in sets)
+                  + " |", "|" + "---|" * (len(sets) + 1)]
+        for n in names:
+            cells = []
+            for s in sets:
+                f = rows[n][f"fid {s}"]
+                cells.append(f"{f['spearman']:.4f} / {f['top1']:.3f} / {f['top5']:.3f} / {f['max_d']:.3f} / {f['mean_d']:.4f}")
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
     if args.out:
         args.out.write_text(table + "\n", encoding="utf-8")
     return 0
+
+
+def _percentile_builder(name: str, opt: Path, tokenizer: Path, args) -> Callable[[], Path]:
+    """static-pNN.NN for any percentile (the table's named ones are in build_candidates)."""
+    from crossrank.export.quantize import quantize_int8
+
+    def build() -> Path:
+        out = args.work / "int8" / f"{name}.onnx"
+        if not out.is_file():
+            quantize_int8(opt, out, scheme="static", calibration_pairs=None, tokenizer_json=tokenizer,
+                          input_names=list(INPUTS), max_length=args.calibration_length,
+                          calibration_method="percentile", calibration_percentile=float(name.rsplit("-p", 1)[1]))
+        return out
+    return build
 
 
 if __name__ == "__main__":
