@@ -49,15 +49,17 @@ static-qdq-plain-naive     quantize_static QDQ on the plain graph with ORT's def
                            activations and weights, per channel, MatMul)
 static-qdq-plain-repaired  the same made usable: u8 activations, 7-bit weights, weight MatMuls
                            only, MatMul outputs not quantized, residual stream kept fp32
-static-pNN.NN              crossrank static with ``calibration_method="percentile"`` at NN.NN
-                           (any percentile: ``static-p99.99``, ``static-p99.999``...)
-static-long                crossrank static (MinMax), built-in pairs plus long synthetic pairs:
-                           each built-in query with its own passages joined into ~300-500 tokens
-static-trec-heldout        crossrank static (MinMax) calibrated on TREC DL 2020 queries 0-13
-                           (their first 20 candidates): evaluate TREC only on queries 14-53
-static-trec-heldout-p99.99 the same pairs, percentile 99.99
-static-smooth-aA           crossrank static (MinMax) with ``smoothing_alpha=A`` (0.3, 0.5, 0.7):
-                           SmoothQuant-style scale migration, built-in pairs
+static[-PAIRS][-smooth-aA][-pP]
+                           crossrank static with its options, composed by name, e.g.
+                           ``static-p99.999``, ``static-smooth-a0.7``, ``static-long-smooth-a0.7-p99.999``:
+                           PAIRS ``long`` = built-in pairs plus long synthetic ones (each built-in
+                           query with its own passages joined, ~300-500 tokens), ``trec-heldout`` =
+                           TREC DL 2020 queries 0-13, first 20 candidates each (evaluate TREC only
+                           on queries 14-53); ``smoothing_alpha=A``; ``calibration_method=
+                           "percentile"`` at P; default: built-in pairs, MinMax
+static-keep-GROUP          crossrank static (MinMax) with one group of operators left fp32
+                           (``keep_fp32``; BERT node names): qkv, attn-out, ffn-up, ffn-down (all
+                           layers), layer0, layer5 (one whole layer)
 =========================  ===================================================================
 """
 from __future__ import annotations
@@ -66,6 +68,7 @@ import argparse
 import gzip
 import json
 import math
+import re
 import statistics
 import sys
 import time
@@ -288,9 +291,46 @@ def build_candidates(plain: Path, opt: Path, tokenizer: Path, work: Path, max_le
                                          tokenizer_json=tokenizer, input_names=list(INPUTS), max_length=max_length,
                                          **options)
 
-    def percentile(name: str) -> Callable[[], Path]:
-        return cached(name, crossrank("static", calibration_method="percentile",
-                                      calibration_percentile=float(name.rsplit("-p", 1)[1])))
+    def composed(name: str) -> Callable[[], Path] | None:
+        """static[-long|-trec-heldout][-smooth-aA][-pP]: calibration pairs, scale migration, percentile."""
+        m = re.fullmatch(r"static(-long|-trec-heldout)?(?:-smooth-a([0-9.]+))?(?:-p([0-9.]+))?", name)
+        if m is None or name == "static":
+            return None
+        pairs = {None: None, "-long": lambda: builtin() + long_pairs(builtin()), "-trec-heldout": held}[m.group(1)]
+        options: dict = {}
+        if m.group(2):
+            options["smoothing_alpha"] = float(m.group(2))
+        if m.group(3):
+            options.update(calibration_method="percentile", calibration_percentile=float(m.group(3)))
+        return cached(name, crossrank("static", pairs, **options))
+
+    def keep(group: str) -> Callable[[], Path]:
+        """static-keep-GROUP: the default with one group of operators left fp32 (sensitivity)."""
+        import onnx as _onnx
+
+        from crossrank.export.quantize import _nodes_to_quantize
+
+        def make(out: Path) -> None:
+            names = list(_nodes_to_quantize(_onnx.load(str(opt), load_external_data=False)))
+            pick = {"qkv": lambda n: n.startswith("Attention_"),
+                    "attn-out": lambda n: "/attention/output/dense/" in n,
+                    "ffn-up": lambda n: "/intermediate/dense/" in n,
+                    "ffn-down": lambda n: "/output/dense/" in n and "/attention/" not in n,
+                    "layer0": lambda n: n == "Attention_0" or "/layer.0/" in n,
+                    "layer5": lambda n: n.startswith("Attention_5") or "/layer.5/" in n}[group]
+            quantize_int8(opt, out, scheme="static", calibration_pairs=None, tokenizer_json=tokenizer,
+                          input_names=list(INPUTS), max_length=max_length, keep_fp32=[n for n in names if pick(n)])
+        return cached(f"static-keep-{group}", make)
+
+    class Candidates(dict):
+        def __missing__(self, name: str) -> Callable[[], Path]:
+            build = composed(name)
+            if build is None:
+                raise KeyError(name)
+            return build
+
+        def __contains__(self, name: object) -> bool:
+            return dict.__contains__(self, name) or (isinstance(name, str) and composed(name) is not None)
 
     def static_plain(out: Path, *, repaired: bool) -> None:
         reader = _Reader(make_tokenizer(tokenizer, max_length), load_calibration_pairs(None))
@@ -305,18 +345,11 @@ def build_candidates(plain: Path, opt: Path, tokenizer: Path, work: Path, max_le
             _keep_residual_fp32(out)
 
     builtin = lambda: load_calibration_pairs(None)  # noqa: E731
-
     held = lambda: heldout_pairs(data)  # noqa: E731
-    return {
+    return Candidates({
         "fp32": lambda: plain,
-        **{n: percentile(n) for n in ("static-p99.9", "static-p99.99", "static-p99.999", "static-p99.9999")},
-        **{f"static-smooth-a{a}": cached(f"static-smooth-a{a}", crossrank("static", smoothing_alpha=float(a)))
-           for a in ("0.3", "0.5", "0.7")},
-        "static-long": cached("static-long", crossrank("static", lambda: builtin() + long_pairs(builtin()))),
-        "static-trec-heldout": cached("static-trec-heldout", crossrank("static", held)),
-        "static-trec-heldout-p99.99": cached("static-trec-heldout-p99.99", crossrank(
-            "static", held, calibration_method="percentile", calibration_percentile=99.99)),
         "optimized": lambda: opt,
+        **{f"static-keep-{g}": keep(g) for g in ("qkv", "attn-out", "ffn-up", "ffn-down", "layer0", "layer5")},
         "crossrank-static": cached("crossrank-static", crossrank("static")),
         "crossrank-dynamic": cached("crossrank-dynamic", crossrank("dynamic")),
         "dyn-fused-s8-tensor": cached("dyn-fused-s8-tensor", lambda out: quantize_dynamic(
@@ -331,7 +364,7 @@ def build_candidates(plain: Path, opt: Path, tokenizer: Path, work: Path, max_le
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})),
         "static-qdq-plain-naive": cached("static-qdq-plain-naive", lambda out: static_plain(out, repaired=False)),
         "static-qdq-plain-repaired": cached("static-qdq-plain-repaired", lambda out: static_plain(out, repaired=True)),
-    }
+    })
 
 
 # ------------------------------------------------------------------------------------------------
@@ -440,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         plain, opt, tokenizer = prepare_graphs(args.model, args.work)
     builders = build_candidates(plain, opt, tokenizer, args.work, args.calibration_length, args.data)
     names = list(builders) if args.candidates == "all" else [c.strip() for c in args.candidates.split(",") if c.strip()]
-    unknown = {n for n in names if n not in builders and not n.startswith("static-p")}
+    unknown = {n for n in names if n not in builders}
     if unknown:
         p.error(f"unknown candidates {sorted(unknown)}; choose from {', '.join(builders)}")
     if "fp32" not in names:
@@ -448,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = {}
     for n in names:
         t = time.perf_counter()
-        paths[n] = builders[n]() if n in builders else _percentile_builder(n, opt, tokenizer, args)()
+        paths[n] = builders[n]()
         print(f"  graph {n}: {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
     data = {k: load_set(args.data / f) for k, f in SETS.items()}
     for k, recs in data.items():  # the metric must reproduce the published first-stage figures
@@ -515,20 +548,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.write_text(table + "\n", encoding="utf-8")
     return 0
-
-
-def _percentile_builder(name: str, opt: Path, tokenizer: Path, args) -> Callable[[], Path]:
-    """static-pNN.NN for any percentile (the table's named ones are in build_candidates)."""
-    from crossrank.export.quantize import quantize_int8
-
-    def build() -> Path:
-        out = args.work / "int8" / f"{name}.onnx"
-        if not out.is_file():
-            quantize_int8(opt, out, scheme="static", calibration_pairs=None, tokenizer_json=tokenizer,
-                          input_names=list(INPUTS), max_length=args.calibration_length,
-                          calibration_method="percentile", calibration_percentile=float(name.rsplit("-p", 1)[1]))
-        return out
-    return build
 
 
 if __name__ == "__main__":

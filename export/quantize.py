@@ -217,6 +217,7 @@ def quantize_int8(
     calibration_method: str = DEFAULT_CALIBRATION_METHOD,
     calibration_percentile: float | None = None,
     smoothing_alpha: float | None = None,
+    keep_fp32: Sequence[str] = (),
 ) -> dict:
     """Quantize ``src_onnx`` to int8, write ``dst_onnx``, and return the settings for the manifest.
 
@@ -229,7 +230,9 @@ def quantize_int8(
     ``calibration_percentile`` (a percent in (50, 100]; None = :data:`DEFAULT_CALIBRATION_PERCENTILE`)
     choose how the calibrated values become ranges (module docstring, *Calibration range*).
     ``smoothing_alpha`` (static only; in [0, 1]; None = no migration) moves activation outliers
-    into the weights first (module docstring, *Scale migration*).
+    into the weights first (module docstring, *Scale migration*). ``keep_fp32`` names operators
+    (graph node names, each an ``Attention`` or weight ``MatMul`` that would be quantized) to leave
+    in fp32: the per-operator sensitivity trial of ``docs/int8-fidelity.md``.
     Every failure raises :class:`~crossrank.errors.ExportError`, an onnxruntime error as its
     ``__cause__``; the file is written atomically, so a failure leaves ``dst_onnx`` as it was.
     """
@@ -258,8 +261,17 @@ def quantize_int8(
         if name not in input_types:
             raise ExportError(f"input {name!r} is not an input of {src_onnx.name} (it has {sorted(input_types)})")
     targets = _nodes_to_quantize(model)
+    if isinstance(keep_fp32, str):
+        raise ExportError(f"keep_fp32 must be a sequence of node names, not the string {keep_fp32!r}")
+    unknown = sorted(set(keep_fp32) - set(targets))
+    if unknown:
+        raise ExportError(f"keep_fp32: {', '.join(map(repr, unknown))} is not a quantizable operator of "
+                          f"{src_onnx.name} (Attention or weight MatMul node names)")
+    kept = sorted(set(keep_fp32))
+    targets = {name: tensor for name, tensor in targets.items() if name not in kept}
     if not targets:
-        raise ExportError(f"{src_onnx.name} has no Attention or weight MatMul to quantize")
+        raise ExportError(f"{src_onnx.name} has no Attention or weight MatMul to quantize"
+                          + (" once keep_fp32 is left out" if kept else ""))
     use_external = needs_external_data(model)  # the source's weights need a side file: so may the scratch graph
     del model
 
@@ -279,6 +291,7 @@ def quantize_int8(
         "nodes_targeted": len(targets),
         "source_fused_ops": fused_ops,
         "kept_fp32": "embeddings, LayerNorm, GELU, attention softmax, pooler, classifier",
+        **({"kept_fp32_nodes": kept} if kept else {}),
         "batch_invariant": scheme == "static",
         "isa_target": isa,
         "max_length": max_length,
@@ -297,7 +310,7 @@ def quantize_int8(
                 if smoothing_alpha is not None:
                     source = Path(tmp) / "smoothed.onnx"
                     migrated = _smooth(onnx, onnxruntime, src_onnx, source, targets, feeds, float(smoothing_alpha))
-                    targets = _nodes_to_quantize(_load(onnx, source))
+                    targets = {n: t for n, t in _nodes_to_quantize(_load(onnx, source)).items() if n not in kept}
                     settings["smoothing"] = {"method": "SmoothQuant", "alpha": float(smoothing_alpha),
                                              "inputs_migrated": migrated}
                 # the range of every quantized operator's activation input, on the fp32 graph

@@ -318,6 +318,31 @@ def test_static_int8_with_scale_migration(tiny_graphs, tmp_path: Path) -> None:
     assert "smoothing" not in _quantize(tiny_graphs, plain, "static")  # the default writes no such key
 
 
+def test_keep_fp32_leaves_the_named_operators_unquantized(tiny_graphs, tmp_path: Path) -> None:
+    import onnx
+
+    names = list(quantize._nodes_to_quantize(onnx.load(str(tiny_graphs["opt"]))))
+    attention = [n for n in names if n.startswith("Attention")]
+    keep = attention + [names[-1]]
+    dst = tmp_path / "keep.onnx"
+    settings = _quantize(tiny_graphs, dst, "static", keep_fp32=keep)
+    assert settings["kept_fp32_nodes"] == sorted(keep)
+    assert settings["nodes_targeted"] == settings["nodes_quantized"] == len(names) - len(keep)
+    assert settings["attention_quantized"] == 0 and settings["calibration"]["frozen_quantizers"] == len(names) - len(keep)
+    nodes = {n.name: n.op_type for n in onnx.load(str(dst)).graph.node}
+    assert all(nodes.get(n) in ("Attention", "MatMul") for n in keep)  # still the fp32 operators
+    assert "QAttention" not in nodes.values()
+    together, alone = _scores(dst, tiny_graphs["tokenizer"])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6)
+    assert "kept_fp32_nodes" not in _quantize(tiny_graphs, tmp_path / "all.onnx", "static")
+    with pytest.raises(ExportError, match="'nope' is not a quantizable operator"):
+        _quantize(tiny_graphs, tmp_path / "x.onnx", "static", keep_fp32=["nope"])
+    with pytest.raises(ExportError, match="sequence of node names, not the string"):
+        _quantize(tiny_graphs, tmp_path / "x.onnx", "static", keep_fp32=names[0])
+    with pytest.raises(ExportError, match="once keep_fp32 is left out"):
+        _quantize(tiny_graphs, tmp_path / "x.onnx", "static", keep_fp32=names)
+
+
 def test_dynamic_int8_keeps_per_call_scales(tiny_graphs, tmp_path: Path) -> None:
     dst = tmp_path / "model.int8.onnx"
     settings = _quantize(tiny_graphs, dst, "dynamic", calibration_pairs=None)
