@@ -525,14 +525,14 @@ def main(argv: list[str] | None = None) -> int:
         rows[n]["speedup"] = float(np.median(base / t)) if args.latency_queries else float("nan")
 
     cols = [f"{s}@{l}" for s, l in specs]
-    head = "| candidate | " + " | ".join(f"nDCG {c} (% fp32)" for c in cols) + \
-        f" | mean/max abs Δ logit TREC | ms@{args.latency_candidates} | speedup vs fp32 | batch-invariance max abs Δ |"
+    head = "| candidate |" + "".join(f" nDCG {c} (% fp32) |" for c in cols) + \
+        f" mean/max abs Δ logit TREC | ms@{args.latency_candidates} | speedup vs fp32 | batch-invariance max abs Δ |"
     lines = [head, "|" + "---|" * (len(cols) + 5)]
     for n in names:
         r, ref = rows[n], rows["fp32"]
         cells = [f"{r[c]:.4f} ({100 * r[c] / ref[c]:.2f}%)" if c in r else "–" for c in cols]
         fid = f"{r['mean_d']:.3f} / {r['max_d']:.2f}" if "mean_d" in r else "–"
-        lines.append(f"| {n} | " + " | ".join(cells) + f" | {fid} | {r['ms']:.0f} | {r['speedup']:.2f}x | {r['invariance']:.2g} |")
+        lines.append(f"| {n} |" + "".join(f" {c} |" for c in cells) + f" {fid} | {r['ms']:.0f} | {r['speedup']:.2f}x | {r['invariance']:.2g} |")
     if args.fidelity:
         sets = [s for s, _ in specs]
         lines += ["", "| candidate | " + " | ".join(f"{s}: Spearman / top-1 / top-5 / max / mean abs Δ logit" for s in sets)
