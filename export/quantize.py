@@ -130,8 +130,8 @@ BUILTIN_CALIBRATION = builtin_calibration_path()
 # How calibrated activations become a quantizer's range (module docstring, *Calibration range*).
 CALIBRATION_METHODS = ("minmax", "percentile")
 DEFAULT_CALIBRATION_METHOD = "minmax"
-# 99.999: the tail ORT's own percentile calibrator and NVIDIA's TensorRT calibration guides start
-# from; with ~7 M values per tensor on the built-in set it clips ~70 of them at each end.
+# 99.999: the default of onnxruntime's own percentile calibrator (onnxruntime.quantization.calibrate);
+# it clips one value in 100,000 at each end.
 DEFAULT_CALIBRATION_PERCENTILE = 99.999
 # Histogram resolution of the percentile pass: 2**14 bins over a MinMax range of tens puts the
 # chosen bound within ~1e-3 of the exact percentile, far below one uint8 step (range / 255).
