@@ -10,10 +10,24 @@ For each int8 candidate of a cross-encoder (and its fp32 / ORT-optimized graphs)
   all candidates interleaved query by query in one process, so the ratios share the same noise);
 * batch invariance: max |Δ logit| of the same 100 candidates scored as one padded batch of 100,
   as length-sorted batches of <= 32, and one pair at a time;
-* fidelity: mean / max |Δ logit| against the fp32 graph on TREC DL.
+* fidelity: mean / max |Δ logit| against the fp32 graph on TREC DL;
+* with ``--fidelity``, pair-level fidelity against fp32 per query on every scored set: mean
+  Spearman over queries, top-1 agreement (same best candidate), top-5 agreement (mean overlap of
+  the top-5 sets), max and mean |Δ logit| over all pairs.
 
     python benchmarks/int8_study.py --model /path/to/hf-cross-encoder [--data ../shared/data]
         [--work /tmp/int8-study] [--candidates all] [--threads 2] [--latency-queries 20]
+
+    # the calibration study of docs/int8-fidelity.md: graphs from an exported crossrank folder
+    python benchmarks/int8_study.py --folder /path/to/crossrank-folder --fidelity \
+        --ndcg trec:512,wikiqa:512,scifact:512 --slices trec=14:54:50,scifact=0:40: \
+        --candidates crossrank-static,static-p99.99,...
+
+``--folder`` takes the graphs of a crossrank model folder instead of exporting them: ``fp32`` is
+then the folder's ORT-optimized fp32 graph ``model.opt.onnx`` (the int8 source; its scores are
+within 1e-5 of PyTorch's). ``--slices set=first:last:candidates`` scores only queries
+``[first:last]`` of a set and the first ``candidates`` of each (empty = all); the slice is part of
+the score cache key.
 
 Data is read from ``--data`` (default ``../shared/data`` beside the repository); nothing is copied.
 Scores are cached under ``--work`` so that an interrupted run resumes; the markdown table goes to
@@ -35,6 +49,17 @@ static-qdq-plain-naive     quantize_static QDQ on the plain graph with ORT's def
                            activations and weights, per channel, MatMul)
 static-qdq-plain-repaired  the same made usable: u8 activations, 7-bit weights, weight MatMuls
                            only, MatMul outputs not quantized, residual stream kept fp32
+static[-PAIRS][-smooth-aA][-pP]
+                           crossrank static with its options, composed by name, e.g.
+                           ``static-p99.999``, ``static-smooth-a0.7``, ``static-long-smooth-a0.7-p99.999``:
+                           PAIRS ``long`` = built-in pairs plus long synthetic ones (each built-in
+                           query with its own passages joined, ~300-500 tokens), ``trec-heldout`` =
+                           TREC DL 2020 queries 0-13, first 20 candidates each (evaluate TREC only
+                           on queries 14-53); ``smoothing_alpha=A``; ``calibration_method=
+                           "percentile"`` at P; default: built-in pairs, MinMax
+static-keep-GROUP          crossrank static (MinMax) with one group of operators left fp32
+                           (``keep_fp32``; BERT node names): qkv, attn-out, ffn-up, ffn-down (all
+                           layers), layer0, layer5 (one whole layer)
 =========================  ===================================================================
 """
 from __future__ import annotations
@@ -43,6 +68,7 @@ import argparse
 import gzip
 import json
 import math
+import re
 import statistics
 import sys
 import time
@@ -53,7 +79,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-SETS = {"trec": "trec-dl-2020.jsonl.gz", "scifact": "scifact-test-bm25top20.jsonl.gz"}
+SETS = {"trec": "trec-dl-2020.jsonl.gz", "wikiqa": "wikiqa-test.jsonl.gz", "scifact": "scifact-test-bm25top20.jsonl.gz"}
+HELDOUT_TREC_QUERIES = 14  # static-trec-heldout calibrates on TREC queries [0:14]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -222,7 +249,26 @@ class _Reader:
         self.it = iter(self.feeds)
 
 
-def build_candidates(plain: Path, opt: Path, tokenizer: Path, work: Path, max_length: int) -> dict[str, Callable[[], Path]]:
+def long_pairs(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Long synthetic calibration pairs from ``pairs``: each query with all its passages joined,
+    rotated so that each passage leads once (~300-500 tokens for the built-in set)."""
+    by_query: dict[str, list[str]] = {}
+    for q, d in pairs:
+        by_query.setdefault(q, []).append(d)
+    out = []
+    for q, docs in by_query.items():
+        for k in range(len(docs)):
+            out.append((q, " ".join(docs[k:] + docs[:k])))
+    return out
+
+
+def heldout_pairs(data: Path) -> list[tuple[str, str]]:
+    recs = load_set(data / SETS["trec"])[:HELDOUT_TREC_QUERIES]
+    return [(r["query"], c["text"]) for r in recs for c in r["candidates"][:20]]
+
+
+def build_candidates(plain: Path, opt: Path, tokenizer: Path, work: Path, max_length: int,
+                     data: Path | None = None) -> dict[str, Callable[[], Path]]:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
@@ -240,9 +286,51 @@ def build_candidates(plain: Path, opt: Path, tokenizer: Path, work: Path, max_le
             return out
         return build
 
-    def crossrank(scheme: str):
-        return lambda out: quantize_int8(opt, out, scheme=scheme, calibration_pairs=None, tokenizer_json=tokenizer,
-                                         input_names=list(INPUTS), max_length=max_length)
+    def crossrank(scheme: str, pairs: Callable[[], list] | None = None, **options):
+        return lambda out: quantize_int8(opt, out, scheme=scheme, calibration_pairs=None if pairs is None else pairs(),
+                                         tokenizer_json=tokenizer, input_names=list(INPUTS), max_length=max_length,
+                                         **options)
+
+    def composed(name: str) -> Callable[[], Path] | None:
+        """static[-long|-trec-heldout][-smooth-aA][-pP]: calibration pairs, scale migration, percentile."""
+        m = re.fullmatch(r"static(-long|-trec-heldout)?(?:-smooth-a([0-9.]+))?(?:-p([0-9.]+))?", name)
+        if m is None or name == "static":
+            return None
+        pairs = {None: None, "-long": lambda: builtin() + long_pairs(builtin()), "-trec-heldout": held}[m.group(1)]
+        options: dict = {}
+        if m.group(2):
+            options["smoothing_alpha"] = float(m.group(2))
+        if m.group(3):
+            options.update(calibration_method="percentile", calibration_percentile=float(m.group(3)))
+        return cached(name, crossrank("static", pairs, **options))
+
+    def keep(group: str) -> Callable[[], Path]:
+        """static-keep-GROUP: the default with one group of operators left fp32 (sensitivity)."""
+        import onnx as _onnx
+
+        from crossrank.export.quantize import _nodes_to_quantize
+
+        def make(out: Path) -> None:
+            names = list(_nodes_to_quantize(_onnx.load(str(opt), load_external_data=False)))
+            pick = {"qkv": lambda n: n.startswith("Attention_"),
+                    "attn-out": lambda n: "/attention/output/dense/" in n,
+                    "ffn-up": lambda n: "/intermediate/dense/" in n,
+                    "ffn-down": lambda n: "/output/dense/" in n and "/attention/" not in n,
+                    "layer0": lambda n: n == "Attention_0" or "/layer.0/" in n,
+                    "layer5": lambda n: n.startswith("Attention_5") or "/layer.5/" in n}[group]
+            quantize_int8(opt, out, scheme="static", calibration_pairs=None, tokenizer_json=tokenizer,
+                          input_names=list(INPUTS), max_length=max_length, keep_fp32=[n for n in names if pick(n)])
+        return cached(f"static-keep-{group}", make)
+
+    class Candidates(dict):
+        def __missing__(self, name: str) -> Callable[[], Path]:
+            build = composed(name)
+            if build is None:
+                raise KeyError(name)
+            return build
+
+        def __contains__(self, name: object) -> bool:
+            return dict.__contains__(self, name) or (isinstance(name, str) and composed(name) is not None)
 
     def static_plain(out: Path, *, repaired: bool) -> None:
         reader = _Reader(make_tokenizer(tokenizer, max_length), load_calibration_pairs(None))
@@ -256,9 +344,12 @@ def build_candidates(plain: Path, opt: Path, tokenizer: Path, work: Path, max_le
         if repaired:
             _keep_residual_fp32(out)
 
-    return {
+    builtin = lambda: load_calibration_pairs(None)  # noqa: E731
+    held = lambda: heldout_pairs(data)  # noqa: E731
+    return Candidates({
         "fp32": lambda: plain,
         "optimized": lambda: opt,
+        **{f"static-keep-{g}": keep(g) for g in ("qkv", "attn-out", "ffn-up", "ffn-down", "layer0", "layer5")},
         "crossrank-static": cached("crossrank-static", crossrank("static")),
         "crossrank-dynamic": cached("crossrank-dynamic", crossrank("dynamic")),
         "dyn-fused-s8-tensor": cached("dyn-fused-s8-tensor", lambda out: quantize_dynamic(
@@ -273,12 +364,48 @@ def build_candidates(plain: Path, opt: Path, tokenizer: Path, work: Path, max_le
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})),
         "static-qdq-plain-naive": cached("static-qdq-plain-naive", lambda out: static_plain(out, repaired=False)),
         "static-qdq-plain-repaired": cached("static-qdq-plain-repaired", lambda out: static_plain(out, repaired=True)),
-    }
+    })
 
 
 # ------------------------------------------------------------------------------------------------
 # measurements
 # ------------------------------------------------------------------------------------------------
+def per_query_fidelity(records: list[dict], ref: np.ndarray, s: np.ndarray) -> dict[str, float]:
+    """Pair-level fidelity of ``s`` against ``ref`` (flat, in record order): mean Spearman over
+    queries, top-1 agreement, top-5 overlap (queries with > 5 candidates), max / mean |Δ logit|."""
+    from crossrank.export.validate import spearman
+
+    rho, top1, top5, k = [], [], [], 0
+    for r in records:
+        n = len(r["candidates"])
+        a, b = ref[k : k + n], s[k : k + n]
+        k += n
+        rho.append(spearman(a, b))
+        ra, rb = np.argsort(-a, kind="stable"), np.argsort(-b, kind="stable")
+        top1.append(float(ra[0] == rb[0]))
+        if n > 5:
+            top5.append(len(set(ra[:5].tolist()) & set(rb[:5].tolist())) / 5.0)
+    d = np.abs(s - ref)
+    return {"spearman": float(np.mean(rho)), "top1": float(np.mean(top1)),
+            "top5": float(np.mean(top5)) if top5 else float("nan"), "max_d": float(d.max()), "mean_d": float(d.mean())}
+
+
+def parse_slices(text: str) -> dict[str, tuple[int | None, int | None, int | None]]:
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, spec = item.split("=")
+        first, last, cands = (spec.split(":") + ["", "", ""])[:3]
+        out[name] = tuple(int(v) if v else None for v in (first, last, cands))
+    return out
+
+
+def apply_slice(records: list[dict], cut: tuple[int | None, int | None, int | None] | None) -> list[dict]:
+    if cut is None:
+        return records
+    first, last, cands = cut
+    return [dict(r, candidates=r["candidates"][:cands]) for r in records[first:last]]
+
+
 def cached_scores(work: Path, cand: str, set_name: str, max_length: int, compute: Callable[[], np.ndarray]) -> np.ndarray:
     f = work / "scores" / f"{cand}__{set_name}_{max_length}.npy"
     if f.is_file():
@@ -321,30 +448,41 @@ def invariance(session, tok, records: list[dict], count: int) -> float:
 # ------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, required=True, help="Hugging Face cross-encoder folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", type=Path, help="Hugging Face cross-encoder folder (exported here)")
+    src.add_argument("--folder", type=Path, help="crossrank model folder: its model.opt.onnx is the fp32 reference")
+    p.add_argument("--fidelity", action="store_true", help="per-query pair fidelity against fp32 on every set")
+    p.add_argument("--slices", default="", help="set=first:last:candidates,... (score a slice of a set)")
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="folder of the relevance sets")
     p.add_argument("--work", type=Path, default=Path("/tmp/crossrank-int8-study"), help="scratch folder (graphs, score cache)")
     p.add_argument("--candidates", default="all", help="comma list of candidate names, or 'all'")
     p.add_argument("--ndcg", default="trec:512,scifact:512,scifact:256", help="set:max_length list ('' to skip nDCG)")
     p.add_argument("--calibration-length", type=int, default=512, help="max_length for calibration and latency")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--latency-queries", type=int, default=20)
+    p.add_argument("--latency-queries", type=int, default=20, help="0: no latency measurement")
     p.add_argument("--latency-candidates", type=int, default=50)
     p.add_argument("--latency-rounds", type=int, default=2)
-    p.add_argument("--invariance-queries", type=int, default=2)
+    p.add_argument("--invariance-queries", type=int, default=2, help="0: no batch-invariance check")
     p.add_argument("--out", type=Path, help="also write the markdown table here")
     args = p.parse_args(argv)
 
     args.work.mkdir(parents=True, exist_ok=True)
-    plain, opt, tokenizer = prepare_graphs(args.model, args.work)
-    builders = build_candidates(plain, opt, tokenizer, args.work, args.calibration_length)
+    if args.folder:
+        plain, opt, tokenizer = args.folder / "model.opt.onnx", args.folder / "model.opt.onnx", args.folder / "tokenizer.json"
+    else:
+        plain, opt, tokenizer = prepare_graphs(args.model, args.work)
+    builders = build_candidates(plain, opt, tokenizer, args.work, args.calibration_length, args.data)
     names = list(builders) if args.candidates == "all" else [c.strip() for c in args.candidates.split(",") if c.strip()]
-    unknown = set(names) - set(builders)
+    unknown = {n for n in names if n not in builders}
     if unknown:
         p.error(f"unknown candidates {sorted(unknown)}; choose from {', '.join(builders)}")
     if "fp32" not in names:
         names.insert(0, "fp32")  # the reference of every ratio
-    paths = {n: builders[n]() for n in names}
+    paths = {}
+    for n in names:
+        t = time.perf_counter()
+        paths[n] = builders[n]()
+        print(f"  graph {n}: {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
     data = {k: load_set(args.data / f) for k, f in SETS.items()}
     for k, recs in data.items():  # the metric must reproduce the published first-stage figures
         first_stage = mean_ndcg(recs, np.concatenate([-np.arange(len(r["candidates"]), dtype=np.float32) for r in recs]))
@@ -352,15 +490,21 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: dict[str, dict] = {n: {} for n in names}
     specs = [(s.split(":")[0], int(s.split(":")[1])) for s in args.ndcg.split(",") if s.strip()]
+    slices = parse_slices(args.slices)
     for set_name, length in specs:
-        recs = data[set_name]
+        recs = apply_slice(data[set_name], slices.get(set_name))
+        key = set_name + ("[" + ":".join("" if v is None else str(v) for v in slices[set_name]) + "]"
+                          if set_name in slices else "")
         pairs = [(r["query"], c["text"]) for r in recs for c in r["candidates"]]
         tok = make_tokenizer(tokenizer, length)
         for n in names:
-            s = cached_scores(args.work, n, set_name, length,
+            s = cached_scores(args.work, n, key, length,
                               lambda: score(make_session(paths[n], args.threads), tok, pairs))
             rows[n][f"{set_name}@{length}"] = mean_ndcg(recs, s)
-            if set_name == "trec":
+            if args.fidelity:
+                ref = cached_scores(args.work, "fp32", key, length, lambda: np.zeros(0))
+                rows[n][f"fid {set_name}"] = per_query_fidelity(recs, ref, s)
+            elif set_name == "trec":
                 ref = cached_scores(args.work, "fp32", set_name, length, lambda: np.zeros(0))
                 if ref.shape == s.shape:
                     rows[n]["mean_d"] = float(np.abs(s - ref).mean())
@@ -369,24 +513,36 @@ def main(argv: list[str] | None = None) -> int:
     tok = make_tokenizer(tokenizer, args.calibration_length)
     sessions = {n: make_session(paths[n], args.threads) for n in names}
     for n in names:
-        rows[n]["invariance"] = invariance(sessions[n], tok, data["trec"][5 : 5 + args.invariance_queries], 100)
-    times = latency(sessions, tok, data["trec"][: args.latency_queries], candidates=args.latency_candidates,
-                    rounds=args.latency_rounds)
-    base = np.array(times["fp32"])
+        rows[n]["invariance"] = (invariance(sessions[n], tok, data["trec"][5 : 5 + args.invariance_queries], 100)
+                                 if args.invariance_queries else float("nan"))
+    if args.latency_queries:
+        times = latency(sessions, tok, data["trec"][: args.latency_queries], candidates=args.latency_candidates,
+                        rounds=args.latency_rounds)
+        base = np.array(times["fp32"])
     for n in names:
-        t = np.array(times[n])
+        t = np.array(times[n]) if args.latency_queries else np.array([np.nan])
         rows[n]["ms"] = 1000 * float(np.median(t))
-        rows[n]["speedup"] = float(np.median(base / t))  # per-query ratio: robust to load drifting over the run
+        rows[n]["speedup"] = float(np.median(base / t)) if args.latency_queries else float("nan")
 
     cols = [f"{s}@{l}" for s, l in specs]
-    head = "| candidate | " + " | ".join(f"nDCG {c} (% fp32)" for c in cols) + \
-        f" | mean/max abs Δ logit TREC | ms@{args.latency_candidates} | speedup vs fp32 | batch-invariance max abs Δ |"
+    head = "| candidate |" + "".join(f" nDCG {c} (% fp32) |" for c in cols) + \
+        f" mean/max abs Δ logit TREC | ms@{args.latency_candidates} | speedup vs fp32 | batch-invariance max abs Δ |"
     lines = [head, "|" + "---|" * (len(cols) + 5)]
     for n in names:
         r, ref = rows[n], rows["fp32"]
         cells = [f"{r[c]:.4f} ({100 * r[c] / ref[c]:.2f}%)" if c in r else "–" for c in cols]
         fid = f"{r['mean_d']:.3f} / {r['max_d']:.2f}" if "mean_d" in r else "–"
-        lines.append(f"| {n} | " + " | ".join(cells) + f" | {fid} | {r['ms']:.0f} | {r['speedup']:.2f}x | {r['invariance']:.2g} |")
+        lines.append(f"| {n} |" + "".join(f" {c} |" for c in cells) + f" {fid} | {r['ms']:.0f} | {r['speedup']:.2f}x | {r['invariance']:.2g} |")
+    if args.fidelity:
+        sets = [s for s, _ in specs]
+        lines += ["", "| candidate | " + " | ".join(f"{s}: Spearman / top-1 / top-5 / max / mean abs Δ logit" for s in sets)
+                  + " |", "|" + "---|" * (len(sets) + 1)]
+        for n in names:
+            cells = []
+            for s in sets:
+                f = rows[n][f"fid {s}"]
+                cells.append(f"{f['spearman']:.4f} / {f['top1']:.3f} / {f['top5']:.3f} / {f['max_d']:.3f} / {f['mean_d']:.4f}")
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
     if args.out:

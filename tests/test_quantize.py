@@ -16,6 +16,9 @@ from crossrank.errors import ExportError, InvalidInputError
 from crossrank.export import quantize
 from crossrank.export.pairs import PairsFileError
 from crossrank.export.quantize import (
+    CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION_METHOD,
+    DEFAULT_CALIBRATION_PERCENTILE,
     DEFAULT_INT8_SCHEME,
     INT8_SCHEMES,
     SOURCE_VARIANT,
@@ -203,6 +206,141 @@ def test_static_int8_user_calibration_pairs_change_the_scales(tiny_graphs, tmp_p
 
     sa, sb = scales(a), scales(b)
     assert sa.keys() == sb.keys() and any(sa[k] != sb[k] for k in sa)
+
+
+def _quantizer_scales(path: Path) -> dict[str, float]:
+    """Each static QuantizeLinear's constant scale, by the tensor it quantizes."""
+    import onnx
+
+    g = onnx.load(str(path)).graph
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in g.initializer}
+    return {n.input[0]: float(init[n.input[1]]) for n in g.node if n.op_type == "QuantizeLinear"}
+
+
+def test_percentile_calibration_clips_ranges_and_stays_batch_invariant(tiny_graphs, tmp_path: Path) -> None:
+    assert DEFAULT_CALIBRATION_METHOD == "minmax" and set(CALIBRATION_METHODS) == {"minmax", "percentile"}
+    minmax, clipped, full = tmp_path / "minmax.onnx", tmp_path / "p99.onnx", tmp_path / "p100.onnx"
+    _quantize(tiny_graphs, minmax, "static")
+    settings = _quantize(tiny_graphs, clipped, "static", calibration_method="percentile", calibration_percentile=99.0)
+    cal = settings["calibration"]
+    assert cal["method"] == "Percentile" and cal["percentile"] == 99.0
+    assert cal["histogram_bins"] == quantize.PERCENTILE_BINS and cal["frozen_quantizers"] == 9
+    json.dumps(settings)
+    default = _quantize(tiny_graphs, tmp_path / "pdefault.onnx", "static", calibration_method="percentile")
+    assert default["calibration"]["percentile"] == DEFAULT_CALIBRATION_PERCENTILE
+    _quantize(tiny_graphs, full, "static", calibration_method="percentile", calibration_percentile=100)
+
+    m, c, f = _quantizer_scales(minmax), _quantizer_scales(clipped), _quantizer_scales(full)
+    assert m.keys() == c.keys() == f.keys() and len(m) == 9
+    # clipping 1% of the values at each end narrows every range, most of them clearly
+    assert all(c[k] <= m[k] * (1 + 1e-6) for k in m)
+    assert sum(c[k] < 0.9 * m[k] for k in m) >= 5
+    # the 100th percentile is MinMax again, to within one histogram bin of the range
+    for k in m:
+        assert abs(f[k] - m[k]) <= m[k] * 255 / quantize.PERCENTILE_BINS + 1e-9
+
+    together, alone = _scores(clipped, tiny_graphs["tokenizer"])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6)  # still static scales: batch-invariant
+    ref, _ = _scores(tiny_graphs["opt"], tiny_graphs["tokenizer"])
+    mm, _ = _scores(minmax, tiny_graphs["tokenizer"])
+    assert not np.array_equal(together, mm)  # the clipped ranges reach the scores
+
+
+@pytest.mark.parametrize(
+    ("options", "scheme", "match"),
+    [
+        (dict(calibration_method="entropy"), "static", "unknown calibration method 'entropy'; choose one of minmax, percentile"),
+        (dict(calibration_percentile=99.99), "static", "applies only to calibration_method='percentile'"),
+        (dict(calibration_method="percentile", calibration_percentile=50), "static", r"in \(50, 100\]"),
+        (dict(calibration_method="percentile", calibration_percentile=100.5), "static", r"in \(50, 100\]"),
+        (dict(calibration_method="percentile", calibration_percentile=True), "static", r"in \(50, 100\]"),
+        (dict(calibration_method="percentile", calibration_percentile="99.9"), "static", r"in \(50, 100\]"),
+        (dict(calibration_method="percentile"), "dynamic", "only to the static int8 scheme, not 'dynamic'"),
+        (dict(smoothing_alpha=0.5), "dynamic", "smoothing_alpha applies only to the static int8 scheme"),
+        (dict(smoothing_alpha=1.5), "static", r"smoothing_alpha must be a number in \[0, 1\]"),
+        (dict(smoothing_alpha=True), "static", r"smoothing_alpha must be a number in \[0, 1\]"),
+    ],
+)
+def test_calibration_option_errors(tiny_graphs, tmp_path: Path, options: dict, scheme: str, match: str) -> None:
+    dst = tmp_path / "x.onnx"
+    with pytest.raises(ExportError, match=match):
+        _quantize(tiny_graphs, dst, scheme, **options)
+    assert not dst.exists()
+
+
+def test_scale_migration_is_exact_in_fp32_and_flattens_the_ranges(tiny_graphs, tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime
+
+    model = onnx.load(str(tiny_graphs["opt"]))
+    targets = quantize._nodes_to_quantize(model)
+    feeds = quantize._calibration_feeds(
+        load_calibration_pairs(None)[:40], tokenizer_json=tiny_graphs["tokenizer"],
+        input_types=quantize._input_types(model), input_names=NAMES, max_length=128, num_special_tokens_pair=0,
+    )
+    smoothed = tmp_path / "smoothed.onnx"
+    migrated = quantize._smooth(onnx, onnxruntime, tiny_graphs["opt"], smoothed, targets, feeds, 0.5)
+    assert migrated == len(set(targets.values())) and migrated >= 5
+    ops = [n for n in onnx.load(str(smoothed)).graph.node if n.name.endswith("_smooth")]
+    assert len(ops) == migrated and {n.op_type for n in ops} == {"Mul"}
+    ref, _ = _scores(tiny_graphs["opt"], tiny_graphs["tokenizer"])
+    got, _ = _scores(smoothed, tiny_graphs["tokenizer"])
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4)  # the same function in fp32...
+
+    # ...whose quantized inputs have flatter channels: the largest channel max over the median one
+    def spread(path: Path, tensors: list[str]) -> list[float]:
+        m = onnx.load(str(path))
+        for t in tensors:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+        sess = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        outs = sess.run(tensors, feeds[0])
+        return [float(np.abs(v).max(axis=(0, 1)).max() / np.median(np.abs(v).max(axis=(0, 1)))) for v in outs]
+
+    before = spread(tiny_graphs["opt"], sorted(set(targets.values())))
+    after = spread(smoothed, sorted(f"{t}_smoothed" for t in set(targets.values())))
+    assert np.mean(after) < np.mean(before)
+
+
+def test_static_int8_with_scale_migration(tiny_graphs, tmp_path: Path) -> None:
+    plain, smooth = tmp_path / "plain.onnx", tmp_path / "smooth.onnx"
+    _quantize(tiny_graphs, plain, "static")
+    settings = _quantize(tiny_graphs, smooth, "static", smoothing_alpha=0.5)
+    assert settings["smoothing"] == {"method": "SmoothQuant", "alpha": 0.5, "inputs_migrated": 9}
+    assert settings["nodes_quantized"] == settings["nodes_targeted"] == 9
+    assert "Mul" in _ops(smooth) and "DynamicQuantizeLinear" not in _ops(smooth)
+    json.dumps(settings)
+    together, alone = _scores(smooth, tiny_graphs["tokenizer"])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6)  # static scales: batch-invariant
+    ref, _ = _scores(tiny_graphs["opt"], tiny_graphs["tokenizer"])
+    base, _ = _scores(plain, tiny_graphs["tokenizer"])
+    assert not np.array_equal(together, base)
+    assert np.abs(together - ref).max() < 0.5 * (np.abs(ref).max() + 1e-3)
+    assert "smoothing" not in _quantize(tiny_graphs, plain, "static")  # the default writes no such key
+
+
+def test_keep_fp32_leaves_the_named_operators_unquantized(tiny_graphs, tmp_path: Path) -> None:
+    import onnx
+
+    names = list(quantize._nodes_to_quantize(onnx.load(str(tiny_graphs["opt"]))))
+    attention = [n for n in names if n.startswith("Attention")]
+    keep = attention + [names[-1]]
+    dst = tmp_path / "keep.onnx"
+    settings = _quantize(tiny_graphs, dst, "static", keep_fp32=keep)
+    assert settings["kept_fp32_nodes"] == sorted(keep)
+    assert settings["nodes_targeted"] == settings["nodes_quantized"] == len(names) - len(keep)
+    assert settings["attention_quantized"] == 0 and settings["calibration"]["frozen_quantizers"] == len(names) - len(keep)
+    nodes = {n.name: n.op_type for n in onnx.load(str(dst)).graph.node}
+    assert all(nodes.get(n) in ("Attention", "MatMul") for n in keep)  # still the fp32 operators
+    assert "QAttention" not in nodes.values()
+    together, alone = _scores(dst, tiny_graphs["tokenizer"])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6)
+    assert "kept_fp32_nodes" not in _quantize(tiny_graphs, tmp_path / "all.onnx", "static")
+    with pytest.raises(ExportError, match="'nope' is not a quantizable operator"):
+        _quantize(tiny_graphs, tmp_path / "x.onnx", "static", keep_fp32=["nope"])
+    with pytest.raises(ExportError, match="sequence of node names, not the string"):
+        _quantize(tiny_graphs, tmp_path / "x.onnx", "static", keep_fp32=names[0])
+    with pytest.raises(ExportError, match="once keep_fp32 is left out"):
+        _quantize(tiny_graphs, tmp_path / "x.onnx", "static", keep_fp32=names)
 
 
 def test_dynamic_int8_keeps_per_call_scales(tiny_graphs, tmp_path: Path) -> None:
