@@ -2,7 +2,8 @@
 candidate count, all with crossrank's max_length: sentence-transformers' ``CrossEncoder.rank`` with
 PyTorch fp32, the ONNX backend fp32 and the ONNX backend dynamically quantized to int8; fastembed's
 ``TextCrossEncoder.rerank`` on the fp32 graph and FlashRank's ``Ranker.rerank`` on its int8 form
-(both built from the crossrank folder, :mod:`crossrank.bench.onnx_peers`). A peer whose extra is not
+(both built from the crossrank folder, :mod:`crossrank.bench.onnx_peers`); sentence-transformers'
+OpenVINO backend fp32 and NNCF static int8 (:mod:`crossrank.bench.openvino_peers`). A peer whose extra is not
 installed is skipped with the reason and the pip command."""
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from crossrank.bench.suite import suite_settings
 
 SETTINGS = suite_settings()
 
-PEERS = ("st-torch", "st-onnx", "st-onnx-int8", "fastembed", "flashrank")
+PEERS = ("st-torch", "st-onnx", "st-onnx-int8", "fastembed", "flashrank", "st-openvino", "st-openvino-int8")
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +24,16 @@ def onnx_peer_models(bench_model):
     from crossrank.bench.peers import default_cache_dir
 
     return prepare_onnx_peers(bench_model, cache_dir=default_cache_dir())
+
+
+@pytest.fixture(scope="module")
+def openvino_peer_models(hf_model, max_length):
+    """The OpenVINO fp32 IR and its NNCF static int8 (bench cache, crossrank.bench.openvino_peers)."""
+    from crossrank.bench.openvino_peers import prepare_openvino_peers
+    from crossrank.bench.peers import default_cache_dir, weights_key
+
+    return prepare_openvino_peers(hf_model, key=weights_key(hf_model), max_length=max_length,
+                                  cache_dir=default_cache_dir())
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +49,8 @@ def peers(request, hf_model, max_length):
             continue
         if SPECS[name].backend in ("fastembed", "flashrank"):
             prepared = request.getfixturevalue("onnx_peer_models")
+        elif SPECS[name].backend == "openvino":
+            prepared = request.getfixturevalue("openvino_peer_models")
         elif SPECS[name].backend == "onnx":
             prepared = request.getfixturevalue("peer_models")
         else:

@@ -68,6 +68,23 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+# The tiny random model's scores sit within ~0.06 of each other and int8 moves them by up to ~0.006:
+# near-ties may swap. Rank agreement for int8 peers: every pair of documents whose fp32 scores differ
+# by more than INT8_GAP keeps its order, the top document is the same, and Spearman >= 0.8.
+INT8_GAP = 0.01
+
+
+def _assert_int8_ranking(theirs: np.ndarray, ours: np.ndarray, *, gap: float = INT8_GAP, top1: bool = True) -> None:
+    if top1:
+        assert int(np.argmax(theirs)) == int(np.argmax(ours)), (theirs, ours)
+    assert _spearman(theirs, ours) >= 0.8 - 1e-9, (theirs, ours)  # 5 documents: one adjacent swap is 0.8
+    n = len(ours)
+    for i in range(n):
+        for j in range(n):
+            if ours[i] - ours[j] > gap:
+                assert theirs[i] > theirs[j], (i, j, theirs, ours)
+
+
 def test_prepared_folders_are_built_once_from_the_fp32_graph(tiny_bert_folder, tiny_onnx_peers, tmp_path_factory):
     from pathlib import Path
 
@@ -108,8 +125,7 @@ def test_flashrank_int8_keeps_crossrank_fp32_ranking(tiny_onnx_peers, tiny_fp32)
         ours = np.asarray(tiny_fp32.score(query, docs), dtype=np.float32)  # sigmoid, as FlashRank reports
         theirs = peer.score(query, docs)
         assert np.all((theirs > 0) & (theirs < 1))
-        assert _spearman(theirs, ours) >= 0.9, (theirs, ours)
-        assert int(np.argmax(theirs)) == int(np.argmax(ours))
+        _assert_int8_ranking(theirs, ours)
         ranked = peer.rerank(query, docs)  # FlashRank's own result, best first
         assert [p["id"] for p in ranked] == list(np.argsort(-theirs, kind="stable"))
 
@@ -161,3 +177,51 @@ def test_unknown_peer_is_still_an_error():
 
     with pytest.raises(BenchmarkError, match="unknown peer 'flashrnk'"):
         peer_unavailable("flashrnk")
+
+
+@pytest.fixture(scope="module")
+def tiny_openvino(tiny_bert_hf, tiny_fp32, tmp_path_factory):
+    from crossrank.bench.openvino_peers import prepare_openvino_peers
+    from crossrank.bench.peers import weights_key
+
+    _skip_unless("st-openvino-int8")
+    return prepare_openvino_peers(tiny_bert_hf, key=weights_key(tiny_bert_hf), max_length=tiny_fp32.max_length,
+                                  cache_dir=tmp_path_factory.mktemp("bench-cache-ov"))
+
+
+def test_openvino_fp32_scores_match_crossrank_fp32(tiny_openvino, tiny_fp32):
+    peer = load_peer("st-openvino", max_length=tiny_fp32.max_length, prepared=tiny_openvino)
+    assert peer.max_length == tiny_fp32.max_length
+    for query, docs in QUERIES.items():
+        ours = np.asarray(tiny_fp32.score(query, docs), dtype=np.float32)  # sigmoid, as CrossEncoder.predict
+        np.testing.assert_allclose(peer.score(query, docs), ours, atol=1e-4, rtol=0)
+        assert len(peer.rerank(query, docs)) == len(docs)
+
+
+def test_openvino_static_int8_keeps_crossrank_fp32_ranking(tiny_openvino, tiny_fp32):
+    from pathlib import Path
+
+    from crossrank.bench.openvino_peers import INT8_FILE
+
+    assert tiny_openvino["openvino_calibration"]["pairs"] == 300
+    assert (Path(tiny_openvino["openvino_dir"]) / INT8_FILE).is_file()
+    peer = load_peer("st-openvino-int8", max_length=tiny_fp32.max_length, prepared=tiny_openvino)
+    for query, docs in QUERIES.items():
+        ours = np.asarray(tiny_fp32.score(query, docs), dtype=np.float32)
+        # Static int8 with activation ranges calibrated on real text moves this random tiny model's
+        # scores by ~0.05 and its errors reach ~0.015 (dynamic int8, FlashRank: ~0.006), so the order
+        # is checked where fp32 separates documents by more than 0.02; on the real MiniLM the
+        # agreement is measured by hand (docs/peers-field.md).
+        _assert_int8_ranking(peer.score(query, docs), ours, gap=0.02, top1=False)
+
+
+def test_without_optimum_the_st_onnx_peers_are_skipped_with_the_reason(monkeypatch):
+    """The transformers 5 stack: no optimum-onnx, so st-onnx/st-onnx-int8 are skipped, not failed,
+    and the peers built from the crossrank folder keep their own verdict."""
+    monkeypatch.setattr(sys, "meta_path", [_Hide("optimum"), *sys.meta_path])
+    for mod in [m for m in sys.modules if m == "optimum" or m.startswith("optimum.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    for name in ("st-onnx", "st-onnx-int8"):
+        why = peer_unavailable(name)
+        assert why is not None and "transformers 5" in why and 'pip install "crossrank[export-optimum]"' in why
+    assert peer_unavailable("st-torch") is None

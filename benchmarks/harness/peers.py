@@ -15,7 +15,10 @@ The rest of the CPU field, each on the same trained model in the format it expec
 
 * ``fastembed``     fastembed's ``TextCrossEncoder`` on the fp32 graph, timed through its ``rerank``;
 * ``flashrank``     FlashRank's ``Ranker`` on the graph dynamically quantized to int8 the way its
-  ``*_Q.onnx`` files are (avx2 settings), timed through ``Ranker.rerank``.
+  ``*_Q.onnx`` files are (avx2 settings), timed through ``Ranker.rerank``;
+* ``st-openvino``, ``st-openvino-int8``  sentence-transformers' OpenVINO backend, fp32 and NNCF static
+  int8 calibrated offline on 300 (query, passage) pairs (:mod:`.openvino_peers`), timed through
+  ``CrossEncoder.rank``.
 
 Every peer sits behind its own extra (:attr:`PeerSpec.extra`); :func:`peer_unavailable` names what
 is missing and the pip command, and ``crossrank bench`` reports such a peer as skipped instead of
@@ -52,14 +55,14 @@ __all__ = ["PEERS", "PeerSpec", "Peer", "quantization_config_for", "prepare_peer
 class PeerSpec:
     name: str
     label: str  # what the table prints
-    backend: str  # "torch" | "onnx" (sentence-transformers) | "fastembed" | "flashrank"
+    backend: str  # "torch" | "onnx" | "openvino" (sentence-transformers) | "fastembed" | "flashrank"
     int8: bool
     extra: str = "bench"  # the crossrank extra that installs it: pip install "crossrank[<extra>]"
     modules: tuple[str, ...] = ("sentence_transformers",)  # what must be importable (dotted: a submodule)
 
 
 # Peers built from the Hugging Face source folder (--hf-model) and from the crossrank folder's fp32 graph.
-HF_BACKENDS = frozenset({"torch", "onnx"})
+HF_BACKENDS = frozenset({"torch", "onnx", "openvino"})
 CROSSRANK_BACKENDS = frozenset({"fastembed", "flashrank"})
 
 PEERS: dict[str, PeerSpec] = {
@@ -72,6 +75,11 @@ PEERS: dict[str, PeerSpec] = {
                           ("fastembed",)),
     "flashrank": PeerSpec("flashrank", "FlashRank Ranker int8 (dynamic, avx2)", "flashrank", True, "bench-flashrank",
                           ("flashrank",)),
+    "st-openvino": PeerSpec("st-openvino", "sentence-transformers OpenVINO fp32", "openvino", False, "bench-openvino",
+                            ("sentence_transformers", "optimum.intel", "openvino", "nncf")),
+    "st-openvino-int8": PeerSpec("st-openvino-int8", "sentence-transformers OpenVINO int8 (NNCF static, 300 pairs)",
+                                 "openvino", True, "bench-openvino",
+                                 ("sentence_transformers", "optimum.intel", "openvino", "nncf")),
 }
 
 
@@ -257,7 +265,17 @@ def load_peer(name: str, *, max_length: int, prepared: dict[str, Any] | None = N
         if spec.backend == "fastembed":
             return onnx_peers.FastEmbedPeer(spec, prepared[key], max_length=max_length, provider=provider)
         return onnx_peers.FlashRankPeer(spec, prepared[key], max_length=max_length, provider=provider)
-    if spec.backend == "torch":
+    if spec.backend == "openvino":
+        from .openvino_peers import FP32_FILE  # noqa: PLC0415
+
+        if provider != "cpu":
+            raise BenchmarkError(f"peer {name} runs on the CPU only (OpenVINO's CPU plugin)")
+        if not (prepared or {}).get("openvino_dir") or (spec.int8 and not prepared.get("openvino_int8_file")):
+            raise BenchmarkError(f"peer {name} needs prepare_openvino_peers() first")
+        file_name = prepared["openvino_int8_file"] if spec.int8 else FP32_FILE
+        model = _import_st()(prepared["openvino_dir"], max_length=max_length, backend="openvino",
+                             model_kwargs={"file_name": file_name})
+    elif spec.backend == "torch":
         src = hf_model if hf_model is not None else (prepared or {}).get("source")
         if src is None:
             raise BenchmarkError("the PyTorch peer needs the source Hugging Face model (--hf-model)")

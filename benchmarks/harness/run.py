@@ -179,6 +179,13 @@ def _run(cfg: BenchConfig, progress: Callable[[str], None] | None) -> dict[str, 
         prepared = {**(prepared or {}), **prepare_onnx_peers(model_dir, cache_dir=cache_dir,
                                                              int8=any(PEERS[p].backend == "flashrank" for p in peers))}
     wkey = weights_key(hf_model) if peers and hf_model is not None else None
+    if any(PEERS[p].backend == "openvino" for p in peers):
+        from .openvino_peers import prepare_openvino_peers  # noqa: PLC0415
+
+        say("preparing the OpenVINO peers (fp32 export, NNCF int8 calibration; cached after the first run)")
+        prepared = {**(prepared or {}), **prepare_openvino_peers(
+            hf_model, key=wkey, max_length=max_length, cache_dir=cache_dir,
+            int8=any(PEERS[p].backend == "openvino" and PEERS[p].int8 for p in peers))}
     for p in peers:
         say(f"loading peer {p}")
         systems.append(load_peer_system(p, max_length=max_length, prepared=prepared, hf_model=hf_model, weights_key=wkey,

@@ -7,7 +7,8 @@ scoring and ordering, end to end) and ``score(query, docs)`` (scores in input or
   timed call is ``Reranker.rerank(query, docs)`` looked up on every call, so a test that patches
   ``crossrank.Reranker.rerank`` (a deliberately slowed build) is measured as such.
 * ``st-torch``, ``st-onnx``, ``st-onnx-int8``: the sentence-transformers peers (:mod:`.peers`);
-* ``fastembed``, ``flashrank``: fastembed and FlashRank on the crossrank folder's fp32 graph (:mod:`.onnx_peers`).
+* ``fastembed``, ``flashrank``: fastembed and FlashRank on the crossrank folder's fp32 graph (:mod:`.onnx_peers`);
+* ``st-openvino``, ``st-openvino-int8``: sentence-transformers' OpenVINO backend (:mod:`.openvino_peers`).
 """
 from __future__ import annotations
 
@@ -104,13 +105,16 @@ def load_peer_system(name: str, *, max_length: int, prepared: dict[str, Any] | N
                             **({"quantization": prepared.get("quantization")} if peer.spec.int8 and prepared
                                and peer.spec.backend == "onnx" else {}),
                             **({"quantization": "avx2 (onnxruntime quantize_dynamic)", "flashrank_slot": "ms-marco-MiniLM-L-12-v2"}
-                               if peer.spec.backend == "flashrank" else {})}
+                               if peer.spec.backend == "flashrank" else {}),
+                            **({"quantization": "NNCF static int8", "calibration": (prepared or {}).get("openvino_calibration")}
+                               if peer.spec.backend == "openvino" and peer.spec.int8 else {})}
     if peer.spec.backend in _peers.CROSSRANK_BACKENDS:  # built from the crossrank folder's fp32 graph, not --hf-model
         weights_key = (prepared or {}).get("onnx_key")
     if weights_key is not None:
         info["score_key"] = score_key(
             name, weights_key, info, *(_dist_version(d) for d in ("torch", "transformers", "sentence-transformers",
-                                                                  "optimum", "onnxruntime", "fastembed", "FlashRank")),
+                                                                  "optimum", "onnxruntime", "fastembed", "FlashRank",
+                                                                  "optimum-intel", "openvino", "nncf")),
         )
     return System(name=name, kind="peer", label=peer.spec.label, rerank=peer.rerank, score=peer.score,
                   load_s=load_s, info=info)
