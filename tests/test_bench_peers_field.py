@@ -172,6 +172,11 @@ def test_an_uninstalled_peer_is_reported_skipped_with_the_pip_command(tiny_bert_
     assert any("flashrank skipped" in n for n in g.notes)
 
 
+def test_cpu_only_peers_are_skipped_on_cuda():
+    for name in ("flashrank", "st-openvino", "st-openvino-int8"):
+        assert "CPU only" in peer_unavailable(name, "cuda")
+
+
 def test_unknown_peer_is_still_an_error():
     from crossrank.errors import BenchmarkError
 

@@ -48,7 +48,7 @@ from crossrank.errors import BenchmarkError, MissingDependencyError
 log = logging.getLogger("crossrank.bench.peers")
 
 __all__ = ["PEERS", "PeerSpec", "Peer", "quantization_config_for", "prepare_peer_models", "load_peer", "default_cache_dir",
-           "weights_key", "peer_unavailable", "HF_BACKENDS", "CROSSRANK_BACKENDS"]
+           "weights_key", "peer_unavailable", "HF_BACKENDS", "CROSSRANK_BACKENDS", "CPU_ONLY_BACKENDS"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,8 @@ class PeerSpec:
 # Peers built from the Hugging Face source folder (--hf-model) and from the crossrank folder's fp32 graph.
 HF_BACKENDS = frozenset({"torch", "onnx", "openvino"})
 CROSSRANK_BACKENDS = frozenset({"fastembed", "flashrank"})
+# Peers without a CUDA path (FlashRank's Ranker takes no execution provider; OpenVINO runs on its CPU plugin).
+CPU_ONLY_BACKENDS = frozenset({"flashrank", "openvino"})
 
 PEERS: dict[str, PeerSpec] = {
     "st-torch": PeerSpec("st-torch", "sentence-transformers PyTorch fp32", "torch", False),
@@ -90,8 +92,9 @@ def _importable(module: str) -> bool:
         return False
 
 
-def peer_unavailable(name: str) -> str | None:
-    """Why peer ``name`` cannot run here (the missing modules and the pip command), or None.
+def peer_unavailable(name: str, provider: str = "cpu") -> str | None:
+    """Why peer ``name`` cannot run here (the missing modules and the pip command; no CUDA path when
+    ``provider="cuda"``), or None.
 
     Raises:
         BenchmarkError: ``name`` is not a known peer.
@@ -99,6 +102,8 @@ def peer_unavailable(name: str) -> str | None:
     if name not in PEERS:
         raise BenchmarkError(f"unknown peer {name!r}; expected one of {', '.join(PEERS)}")
     spec = PEERS[name]
+    if provider == "cuda" and spec.backend in CPU_ONLY_BACKENDS:
+        return f"{name} runs on the CPU only (no CUDA execution path)"
     missing = [m for m in spec.modules if not _importable(m)]
     if not missing:
         return None

@@ -84,7 +84,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         out.append("")
     skipped = (results.get("peers") or {}).get("skipped") or {}
     if skipped:
-        out.append("### Peers skipped (not installed)")
+        out.append("### Peers skipped")
         out.append("")
         for p, why in skipped.items():
             out.append(f"- **{p}**: {why}")

@@ -143,9 +143,9 @@ def _run(cfg: BenchConfig, progress: Callable[[str], None] | None) -> dict[str, 
     unknown = [d for d in (cfg.dataset, *cfg.quality_datasets) if d not in DATASETS]
     if unknown:
         raise BenchmarkError(f"unknown dataset {unknown[0]!r}; expected one of {', '.join(DATASETS)}")
-    # An unknown name is a typo (an error); a known peer whose extra is not installed is skipped, with
-    # the reason and the pip command in the report.
-    skipped = {p: why for p in cfg.peers if (why := peer_unavailable(p)) is not None}
+    # An unknown name is a typo (an error); a known peer whose extra is not installed (or, on CUDA, that
+    # has no CUDA path) is skipped, with the reason (and the pip command) in the report.
+    skipped = {p: why for p in cfg.peers if (why := peer_unavailable(p, cfg.provider)) is not None}
     peers = tuple(p for p in cfg.peers if p not in skipped)
     for p, why in skipped.items():
         log.warning("peer %s skipped: %s", p, why)
@@ -242,7 +242,7 @@ def _run(cfg: BenchConfig, progress: Callable[[str], None] | None) -> dict[str, 
             if s.kind == "crossrank":
                 spec.update(model_dir=str(model_dir), variant=s.info["variant"], provider=cfg.provider)
             else:
-                spec.update(prepared=prepared, hf_model=str(hf_model), provider=cfg.provider)
+                spec.update(prepared=prepared, hf_model=str(hf_model) if hf_model else None, provider=cfg.provider)
             try:
                 startup[s.name] = probe_in_subprocess(spec)
             except BenchmarkError as err:
