@@ -63,6 +63,7 @@ FULL_INSTALL_MODULES = {
     "test_bench_gate.py": "bench",
     "test_bench_metrics.py": "bench",
     "test_bench_report.py": "bench",
+    "test_bench_peers_field.py": "bench",
 }
 HEAVY = ("torch", "transformers", "optimum")
 

@@ -20,7 +20,7 @@ def test_defaults_are_a_full_run():
     cfg = _cfg()
     assert cfg.counts == (1, 10, 25, 50, 100, 200, 500)
     assert cfg.budgets_ms == (50.0, 100.0, 200.0)
-    assert cfg.peers == ("st-torch", "st-onnx", "st-onnx-int8")
+    assert cfg.peers == ("st-torch", "st-onnx", "st-onnx-int8", "fastembed", "flashrank", "st-openvino", "st-openvino-int8")
     assert cfg.quality and cfg.startup_probe and not cfg.smoke
     assert cfg.variants is None and cfg.provider == "cpu" and cfg.dataset == "trec-dl-2020"
     assert cfg.peer_max_count == 200 and cfg.rounds == 30 and cfg.min_rounds == 3 and cfg.max_seconds == 8.0

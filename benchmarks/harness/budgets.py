@@ -257,8 +257,13 @@ def gate(results: Mapping[str, Any], budgets: Mapping[str, Any], *, profile: str
     notes: list[str] = []
     targets = budgets.get("targets", {})
 
+    # Peers asked for but not installed: listed in every "*" floor as skipped checks (never as passed).
+    skipped_peers = dict(_get(results, "peers", "skipped") or {})
+    for p, why in skipped_peers.items():
+        notes.append(f"peer {p} skipped: {why}")
     for f in targets.get("speedup_floors", []):
-        peers = [p for p in latency if not p.startswith("crossrank-")] if f["peer"] == "*" else [f["peer"]]
+        peers = ([p for p in latency if not p.startswith("crossrank-")] + [p for p in skipped_peers if p not in latency]
+                 if f["peer"] == "*" else [f["peer"]])
         for p in peers:
             c = _cmp("floor", f"{f['system']} vs {p} @{f['count']} speedup",
                      _speedup(latency, f["system"], p, f["count"]), float(f["min"]), ">=")

@@ -60,7 +60,7 @@ def register(subparsers: Any) -> None:
         "bench",
         help="benchmark a model folder: latency vs candidates, budgets, peers, quality, gate",
         description="Measure end-to-end rerank latency against candidate count for each variant, next to "
-        "sentence-transformers (PyTorch, ONNX, ONNX int8) on the same requests in the same run; answer "
+        "sentence-transformers (PyTorch, ONNX, ONNX int8), fastembed and FlashRank on the same requests in the same run; answer "
         "latency budgets; score nDCG@10/MRR@10; write table.md, results.json and latency.png; "
         "--check gates against budgets.json.",
     )
@@ -73,9 +73,10 @@ def register(subparsers: Any) -> None:
                    help="crossrank variants (default: fp32,optimized,int8 on CPU; fp32,optimized,fp16 on CUDA; those present)")
     p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu", help="execution provider (default cpu)")
     p.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
-                   help="measure the sentence-transformers peers in the same run (default on)")
+                   help="measure the peers (sentence-transformers, fastembed, FlashRank) in the same run (default on)")
     p.add_argument("--peer-names", type=_str_list, default=None, metavar="P,P,...",
-                   help="which peers (default all: st-torch,st-onnx,st-onnx-int8)")
+                   help="which peers (default all: st-torch,st-onnx,st-onnx-int8,fastembed,flashrank; one whose extra is "
+                   "not installed is reported skipped with the pip command)")
     p.add_argument("--peer-max-candidates", type=_positive_int, default=None, metavar="N",
                    help="measure peers only up to N candidates (default 200: a PyTorch call at 500 takes ~15 s here)")
     p.add_argument("--quality", action=argparse.BooleanOptionalAction, default=True,

@@ -10,12 +10,28 @@ Every peer gets crossrank's ``max_length`` and the same (query, documents) reque
 through ``CrossEncoder.rank`` (tokenization, scoring with its default batch size 32, sorting),
 which is what a user of sentence-transformers calls.
 
+The rest of the CPU field, each on the same trained model in the format it expects
+(:mod:`.onnx_peers`, built from the crossrank folder's own fp32 ``model.onnx``, no optimum needed):
+
+* ``fastembed``     fastembed's ``TextCrossEncoder`` on the fp32 graph, timed through its ``rerank``;
+* ``flashrank``     FlashRank's ``Ranker`` on the graph dynamically quantized to int8 the way its
+  ``*_Q.onnx`` files are (avx2 settings), timed through ``Ranker.rerank``;
+* ``st-openvino``, ``st-openvino-int8``  sentence-transformers' OpenVINO backend, fp32 and NNCF static
+  int8 calibrated offline on 300 (query, passage) pairs (:mod:`.openvino_peers`), timed through
+  ``CrossEncoder.rank``.
+
+Every peer sits behind its own extra (:attr:`PeerSpec.extra`); :func:`peer_unavailable` names what
+is missing and the pip command, and ``crossrank bench`` reports such a peer as skipped instead of
+failing (``st-onnx``/``st-onnx-int8`` also need optimum's ONNX exporter, which cannot be installed
+next to transformers 5).
+
 The ONNX peers are built once per source model into a cache folder keyed by the model's weights
 and the library versions; the user's source folder is never written to.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -32,22 +48,70 @@ from crossrank.errors import BenchmarkError, MissingDependencyError
 log = logging.getLogger("crossrank.bench.peers")
 
 __all__ = ["PEERS", "PeerSpec", "Peer", "quantization_config_for", "prepare_peer_models", "load_peer", "default_cache_dir",
-           "weights_key"]
+           "weights_key", "peer_unavailable", "HF_BACKENDS", "CROSSRANK_BACKENDS", "CPU_ONLY_BACKENDS"]
 
 
 @dataclass(frozen=True)
 class PeerSpec:
     name: str
     label: str  # what the table prints
-    backend: str  # "torch" | "onnx"
+    backend: str  # "torch" | "onnx" | "openvino" (sentence-transformers) | "fastembed" | "flashrank"
     int8: bool
+    extra: str = "bench"  # the crossrank extra that installs it: pip install "crossrank[<extra>]"
+    modules: tuple[str, ...] = ("sentence_transformers",)  # what must be importable (dotted: a submodule)
 
+
+# Peers built from the Hugging Face source folder (--hf-model) and from the crossrank folder's fp32 graph.
+HF_BACKENDS = frozenset({"torch", "onnx", "openvino"})
+CROSSRANK_BACKENDS = frozenset({"fastembed", "flashrank"})
+# Peers without a CUDA path (FlashRank's Ranker takes no execution provider; OpenVINO runs on its CPU plugin).
+CPU_ONLY_BACKENDS = frozenset({"flashrank", "openvino"})
 
 PEERS: dict[str, PeerSpec] = {
     "st-torch": PeerSpec("st-torch", "sentence-transformers PyTorch fp32", "torch", False),
-    "st-onnx": PeerSpec("st-onnx", "sentence-transformers ONNX fp32", "onnx", False),
-    "st-onnx-int8": PeerSpec("st-onnx-int8", "sentence-transformers ONNX int8 (dynamic)", "onnx", True),
+    "st-onnx": PeerSpec("st-onnx", "sentence-transformers ONNX fp32", "onnx", False, "export-optimum",
+                        ("sentence_transformers", "optimum.onnxruntime")),
+    "st-onnx-int8": PeerSpec("st-onnx-int8", "sentence-transformers ONNX int8 (dynamic)", "onnx", True, "export-optimum",
+                             ("sentence_transformers", "optimum.onnxruntime")),
+    "fastembed": PeerSpec("fastembed", "fastembed TextCrossEncoder fp32 ONNX", "fastembed", False, "bench-fastembed",
+                          ("fastembed",)),
+    "flashrank": PeerSpec("flashrank", "FlashRank Ranker int8 (dynamic, avx2)", "flashrank", True, "bench-flashrank",
+                          ("flashrank",)),
+    "st-openvino": PeerSpec("st-openvino", "sentence-transformers OpenVINO fp32", "openvino", False, "bench-openvino",
+                            ("sentence_transformers", "optimum.intel", "openvino", "nncf")),
+    "st-openvino-int8": PeerSpec("st-openvino-int8", "sentence-transformers OpenVINO int8 (NNCF static, 300 pairs)",
+                                 "openvino", True, "bench-openvino",
+                                 ("sentence_transformers", "optimum.intel", "openvino", "nncf")),
 }
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a dotted name whose parent is missing or broken
+        return False
+
+
+def peer_unavailable(name: str, provider: str = "cpu") -> str | None:
+    """Why peer ``name`` cannot run here (the missing modules and the pip command; no CUDA path when
+    ``provider="cuda"``), or None.
+
+    Raises:
+        BenchmarkError: ``name`` is not a known peer.
+    """
+    if name not in PEERS:
+        raise BenchmarkError(f"unknown peer {name!r}; expected one of {', '.join(PEERS)}")
+    spec = PEERS[name]
+    if provider == "cuda" and spec.backend in CPU_ONLY_BACKENDS:
+        return f"{name} runs on the CPU only (no CUDA execution path)"
+    missing = [m for m in spec.modules if not _importable(m)]
+    if not missing:
+        return None
+    why = ""
+    if "optimum.onnxruntime" in missing:
+        why = (" (sentence-transformers' ONNX backend exports through optimum-onnx, which needs transformers<4.58 "
+               "and cannot be installed next to transformers 5)")
+    return f"{', '.join(missing)} not installed{why}: pip install \"crossrank[{spec.extra}]\""
 
 
 def default_cache_dir() -> Path:
@@ -95,11 +159,14 @@ def weights_key(hf_model: str | os.PathLike) -> str:
         with open(p, "rb") as f:
             while block := f.read(1 << 20):
                 h.update(block)
-    import optimum.version  # noqa: PLC0415
-    import sentence_transformers  # noqa: PLC0415
+    # The exporting libraries' versions (None when not installed: the transformers 5 stack has no optimum).
+    from importlib import metadata  # noqa: PLC0415
 
-    h.update(sentence_transformers.__version__.encode())
-    h.update(optimum.version.__version__.encode())
+    for dist in ("sentence-transformers", "optimum"):
+        try:
+            h.update(metadata.version(dist).encode())
+        except metadata.PackageNotFoundError:
+            h.update(b"-")
     return h.hexdigest()[:16]
 
 
@@ -175,22 +242,51 @@ class Peer:
 
 
 def load_peer(name: str, *, max_length: int, prepared: dict[str, Any] | None = None,
-              hf_model: str | os.PathLike | None = None, provider: str = "cpu") -> Peer:
+              hf_model: str | os.PathLike | None = None, provider: str = "cpu") -> Any:
     """Load peer ``name`` (see :data:`PEERS`) with ``max_length`` tokens per pair.
 
-    ``provider="cuda"`` puts the peer where crossrank runs: PyTorch on ``cuda``, the ONNX peers on
-    onnxruntime's CUDA execution provider.
+    ``prepared`` holds what :func:`prepare_peer_models` (``onnx_dir``, ``int8_file``: the
+    sentence-transformers ONNX peers) and :func:`crossrank.bench.onnx_peers.prepare_onnx_peers`
+    (``fastembed_dir``, ``flashrank_cache``) returned, merged. ``provider="cuda"`` puts the peer where
+    crossrank runs: PyTorch on ``cuda``, the ONNX peers on onnxruntime's CUDA execution provider
+    (FlashRank has none: an error).
+
+    Returns an object with ``name``, ``spec``, ``max_length``, ``rerank(query, docs)`` (the peer's own
+    public call), ``score(query, docs)`` and ``score_pairs(pairs)`` (scores in input order).
+
+    Raises:
+        BenchmarkError: unknown peer, or its prepared files are missing.
+        MissingDependencyError: the peer's extra is not installed.
     """
     if name not in PEERS:
         raise BenchmarkError(f"unknown peer {name!r}; expected one of {', '.join(PEERS)}")
     spec = PEERS[name]
-    if spec.backend == "torch":
+    if spec.backend in CROSSRANK_BACKENDS:
+        from . import onnx_peers  # noqa: PLC0415
+
+        key = "fastembed_dir" if spec.backend == "fastembed" else "flashrank_cache"
+        if not (prepared or {}).get(key):
+            raise BenchmarkError(f"peer {name} needs prepare_onnx_peers() first")
+        if spec.backend == "fastembed":
+            return onnx_peers.FastEmbedPeer(spec, prepared[key], max_length=max_length, provider=provider)
+        return onnx_peers.FlashRankPeer(spec, prepared[key], max_length=max_length, provider=provider)
+    if spec.backend == "openvino":
+        from .openvino_peers import FP32_FILE  # noqa: PLC0415
+
+        if provider != "cpu":
+            raise BenchmarkError(f"peer {name} runs on the CPU only (OpenVINO's CPU plugin)")
+        if not (prepared or {}).get("openvino_dir") or (spec.int8 and not prepared.get("openvino_int8_file")):
+            raise BenchmarkError(f"peer {name} needs prepare_openvino_peers() first")
+        file_name = prepared["openvino_int8_file"] if spec.int8 else FP32_FILE
+        model = _import_st()(prepared["openvino_dir"], max_length=max_length, backend="openvino",
+                             model_kwargs={"file_name": file_name})
+    elif spec.backend == "torch":
         src = hf_model if hf_model is not None else (prepared or {}).get("source")
         if src is None:
             raise BenchmarkError("the PyTorch peer needs the source Hugging Face model (--hf-model)")
         model = _import_st()(str(src), max_length=max_length, device="cuda" if provider == "cuda" else "cpu")
     else:
-        if prepared is None:
+        if not (prepared or {}).get("onnx_dir"):
             raise BenchmarkError(f"peer {name} needs prepare_peer_models() first")
         file_name = prepared["int8_file"] if spec.int8 else "onnx/model.onnx"
         model = _import_st()(

@@ -4,7 +4,7 @@ Peak RSS is a per-process high-water mark: measured inside the benchmark process
 every model loaded so far (and PyTorch's allocations would count against crossrank). So each system
 gets its own interpreter, which reports:
 
-* ``import_s``    importing the library (crossrank, or sentence-transformers + torch);
+* ``import_s``    importing the library (crossrank, sentence-transformers + torch, fastembed, flashrank);
 * ``load_s``      ``Reranker.load`` / ``CrossEncoder(...)``;
 * ``first_call_ms`` the first ``rerank`` on a fresh model (one request of ``first_count`` candidates);
 * ``rss_loaded_mb`` resident memory after loading, ``peak_rss_mb`` the process's peak resident memory
@@ -90,7 +90,12 @@ def run_probe(spec: dict[str, Any], *, import_s: float | None = None) -> dict[st
 
 def probe_in_subprocess(spec: dict[str, Any], *, timeout: float = 600.0) -> dict[str, Any]:
     """Run :func:`run_probe` in a fresh interpreter; a failure is a :class:`BenchmarkError`."""
-    module = "crossrank" if spec["kind"] == "crossrank" else "sentence_transformers"
+    if spec["kind"] == "crossrank":
+        module = "crossrank"
+    else:  # the peer's own library (sentence_transformers, fastembed, flashrank) is the cold import
+        from .peers import PEERS  # noqa: PLC0415
+
+        module = PEERS[spec["name"]].modules[0]
     cmd = [sys.executable, "-c", _BOOTSTRAP.format(module=module), json.dumps(spec)]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "false")}
     try:

@@ -82,6 +82,15 @@ def markdown(results: Mapping[str, Any]) -> str:
         out.append("")
         out.append("Speedup columns: the peer's median divided by this system's median, same requests, same run.")
         out.append("")
+    skipped = (results.get("peers") or {}).get("skipped") or {}
+    if skipped:
+        out.append("### Peers skipped")
+        out.append("")
+        for p, why in skipped.items():
+            out.append(f"- **{p}**: {why}")
+        out.append("")
+        out.append("A skipped peer is not measured and not gated: the gate lists its checks as skipped.")
+        out.append("")
     budgets = results.get("budgets") or {}
     if budgets:
         bs = list(next(iter(budgets.values())).keys())

@@ -21,7 +21,7 @@ from . import budgets as _budgets
 from .data import DATASETS, latency_workload, load_dataset
 from .latency import LatencyPlan, measure_latency
 from .machine import describe_machine
-from .peers import PEERS, default_cache_dir, prepare_peer_models, weights_key
+from .peers import CROSSRANK_BACKENDS, HF_BACKENDS, PEERS, default_cache_dir, peer_unavailable, prepare_peer_models, weights_key
 from .systems import REFERENCE, System, check_unique, load_crossrank, load_peer_system
 
 log = logging.getLogger("crossrank.bench")
@@ -42,7 +42,7 @@ class BenchConfig:
     budgets_ms: tuple[float, ...] = DEFAULT_BUDGETS_MS
     variants: tuple[str, ...] | None = None  # None: every default variant the folder has
     provider: str = "cpu"
-    peers: tuple[str, ...] = tuple(PEERS)  # () = no peers
+    peers: tuple[str, ...] = tuple(PEERS)  # () = no peers; a peer whose extra is missing is reported skipped
     peer_max_count: int | None = 200  # peers are measured up to this many candidates (None: all counts)
     quality: bool = True
     quality_datasets: tuple[str, ...] = QUALITY_DATASETS
@@ -143,12 +143,15 @@ def _run(cfg: BenchConfig, progress: Callable[[str], None] | None) -> dict[str, 
     unknown = [d for d in (cfg.dataset, *cfg.quality_datasets) if d not in DATASETS]
     if unknown:
         raise BenchmarkError(f"unknown dataset {unknown[0]!r}; expected one of {', '.join(DATASETS)}")
-    for p in cfg.peers:
-        if p not in PEERS:
-            raise BenchmarkError(f"unknown peer {p!r}; expected one of {', '.join(PEERS)}")
+    # An unknown name is a typo (an error); a known peer whose extra is not installed (or, on CUDA, that
+    # has no CUDA path) is skipped, with the reason (and the pip command) in the report.
+    skipped = {p: why for p in cfg.peers if (why := peer_unavailable(p, cfg.provider)) is not None}
+    peers = tuple(p for p in cfg.peers if p not in skipped)
+    for p, why in skipped.items():
+        log.warning("peer %s skipped: %s", p, why)
     max_length = manifest.max_length
     hf_model = _hf_model_for(cfg, manifest)
-    if cfg.peers and hf_model is None:
+    if any(PEERS[p].backend in HF_BACKENDS for p in peers) and hf_model is None:
         raise BenchmarkError(
             f"the peers need the source Hugging Face model and {model_dir}'s manifest names "
             f"{manifest.source.get('id')!r}, which is not a local folder: pass --hf-model PATH or --no-peers"
@@ -164,13 +167,26 @@ def _run(cfg: BenchConfig, progress: Callable[[str], None] | None) -> dict[str, 
     for v in variants:
         say(f"loading crossrank {v}")
         systems.append(load_crossrank(model_dir, v, provider=cfg.provider))
-    prepared = None
-    if any(PEERS[p].backend == "onnx" for p in cfg.peers):
+    prepared: dict[str, Any] | None = None
+    if any(PEERS[p].backend == "onnx" for p in peers):
         say("preparing sentence-transformers ONNX peers (cached after the first run)")
         prepared = prepare_peer_models(hf_model, isa_flags=machine.get("isa", []), machine=machine.get("arch", ""),
                                        cache_dir=cache_dir)
-    wkey = weights_key(hf_model) if cfg.peers else None
-    for p in cfg.peers:
+    if any(PEERS[p].backend in CROSSRANK_BACKENDS for p in peers):
+        from .onnx_peers import prepare_onnx_peers  # noqa: PLC0415
+
+        say("preparing the fastembed/FlashRank peers from the fp32 graph (cached after the first run)")
+        prepared = {**(prepared or {}), **prepare_onnx_peers(model_dir, cache_dir=cache_dir,
+                                                             int8=any(PEERS[p].backend == "flashrank" for p in peers))}
+    wkey = weights_key(hf_model) if peers and hf_model is not None else None
+    if any(PEERS[p].backend == "openvino" for p in peers):
+        from .openvino_peers import prepare_openvino_peers  # noqa: PLC0415
+
+        say("preparing the OpenVINO peers (fp32 export, NNCF int8 calibration; cached after the first run)")
+        prepared = {**(prepared or {}), **prepare_openvino_peers(
+            hf_model, key=wkey, max_length=max_length, cache_dir=cache_dir,
+            int8=any(PEERS[p].backend == "openvino" and PEERS[p].int8 for p in peers))}
+    for p in peers:
         say(f"loading peer {p}")
         systems.append(load_peer_system(p, max_length=max_length, prepared=prepared, hf_model=hf_model, weights_key=wkey,
                                         provider=cfg.provider))
@@ -226,7 +242,7 @@ def _run(cfg: BenchConfig, progress: Callable[[str], None] | None) -> dict[str, 
             if s.kind == "crossrank":
                 spec.update(model_dir=str(model_dir), variant=s.info["variant"], provider=cfg.provider)
             else:
-                spec.update(prepared=prepared, hf_model=str(hf_model), provider=cfg.provider)
+                spec.update(prepared=prepared, hf_model=str(hf_model) if hf_model else None, provider=cfg.provider)
             try:
                 startup[s.name] = probe_in_subprocess(spec)
             except BenchmarkError as err:
@@ -249,7 +265,7 @@ def _run(cfg: BenchConfig, progress: Callable[[str], None] | None) -> dict[str, 
     phases["quality_s"] = round(time.perf_counter() - t_phase, 1)
 
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
-    settings.update(max_length=max_length, variants=list(variants), peers=list(cfg.peers),
+    settings.update(max_length=max_length, variants=list(variants), peers=list(peers), peers_skipped=dict(skipped),
                     counts=list(plan.counts), budgets_ms=list(cfg.budgets_ms))
     return {
         "schema_version": 1,
@@ -268,7 +284,8 @@ def _run(cfg: BenchConfig, progress: Callable[[str], None] | None) -> dict[str, 
         "startup": startup,
         "quality": quality,
         "floor": floor,
-        "peers": {"prepared": prepared} if prepared else {},
+        # skipped: peer -> why and the pip command (asked for, not installed); the gate reports them skipped
+        "peers": {**({"prepared": prepared} if prepared else {}), **({"skipped": dict(skipped)} if skipped else {})},
         "elapsed_s": round(time.perf_counter() - started, 1),
         "phases": phases,
         # Other processes competing for the cores make absolute figures slower (ratios hold better).

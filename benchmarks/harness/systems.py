@@ -6,7 +6,9 @@ scoring and ordering, end to end) and ``score(query, docs)`` (scores in input or
 * ``crossrank-<variant>``: ``crossrank.Reranker.load(folder, variant=..., provider=...)``; the
   timed call is ``Reranker.rerank(query, docs)`` looked up on every call, so a test that patches
   ``crossrank.Reranker.rerank`` (a deliberately slowed build) is measured as such.
-* ``st-torch``, ``st-onnx``, ``st-onnx-int8``: the sentence-transformers peers (:mod:`.peers`).
+* ``st-torch``, ``st-onnx``, ``st-onnx-int8``: the sentence-transformers peers (:mod:`.peers`);
+* ``fastembed``, ``flashrank``: fastembed and FlashRank on the crossrank folder's fp32 graph (:mod:`.onnx_peers`);
+* ``st-openvino``, ``st-openvino-int8``: sentence-transformers' OpenVINO backend (:mod:`.openvino_peers`).
 """
 from __future__ import annotations
 
@@ -100,11 +102,19 @@ def load_peer_system(name: str, *, max_length: int, prepared: dict[str, Any] | N
     load_s = time.perf_counter() - t0
     info: dict[str, Any] = {"backend": peer.spec.backend, "int8": peer.spec.int8, "max_length": max_length,
                             "provider": provider,
-                            **({"quantization": prepared.get("quantization")} if peer.spec.int8 and prepared else {})}
+                            **({"quantization": prepared.get("quantization")} if peer.spec.int8 and prepared
+                               and peer.spec.backend == "onnx" else {}),
+                            **({"quantization": "avx2 (onnxruntime quantize_dynamic)", "flashrank_slot": "ms-marco-MiniLM-L-12-v2"}
+                               if peer.spec.backend == "flashrank" else {}),
+                            **({"quantization": "NNCF static int8", "calibration": (prepared or {}).get("openvino_calibration")}
+                               if peer.spec.backend == "openvino" and peer.spec.int8 else {})}
+    if peer.spec.backend in _peers.CROSSRANK_BACKENDS:  # built from the crossrank folder's fp32 graph, not --hf-model
+        weights_key = (prepared or {}).get("onnx_key")
     if weights_key is not None:
         info["score_key"] = score_key(
             name, weights_key, info, *(_dist_version(d) for d in ("torch", "transformers", "sentence-transformers",
-                                                                  "optimum", "onnxruntime")),
+                                                                  "optimum", "onnxruntime", "fastembed", "FlashRank",
+                                                                  "optimum-intel", "openvino", "nncf")),
         )
     return System(name=name, kind="peer", label=peer.spec.label, rerank=peer.rerank, score=peer.score,
                   load_s=load_s, info=info)
