@@ -31,6 +31,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--int8", action="store_true", help="add the int8 variant for the CPU")
     p.add_argument("--int8-scheme", choices=INT8_SCHEMES, help="int8 scheme: static (calibrated) or dynamic (default: crossrank's measured choice)")
     p.add_argument("--calibration", metavar="FILE", help="query/passage pairs (JSONL) to calibrate static int8 (default: built-in)")
+    p.add_argument("--int8-smoothing-alpha", metavar="A", type=float,
+                   help="static int8: SmoothQuant-style scale migration with alpha A in [0, 1] (default off; 0.85 "
+                   "raised pair-level fidelity against fp32 but lost WikiQA nDCG@10: docs/int8-fidelity.md)")
+    p.add_argument("--int8-calibration-percentile", metavar="P", type=float,
+                   help="static int8: clip activation ranges at percentile P in (50, 100] (default MinMax)")
     p.add_argument("--fp16", action="store_true", help="add the fp16 variant for the CUDA execution provider")
     p.add_argument("--activation", choices=ACTIVATIONS, help="override the score activation read from config.json")
     p.add_argument("--positive-label", metavar="L", help="label name or index that means relevant (multi-label models)")
@@ -56,7 +61,7 @@ def _register_add(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--add", metavar="VARIANT", choices=tuple(ADDABLE_VARIANTS),
                    help="add or replace one variant (optimized, int8, fp16) of the existing crossrank folder given as "
-                   "SOURCE, all or nothing; --int8-scheme, --calibration, --validation, --keep-failed, "
+                   "SOURCE, all or nothing; --int8-scheme, --calibration, --int8-smoothing-alpha, --int8-calibration-percentile, --validation, --keep-failed, "
                    "--no-prune-last-layer and --allow-pickle apply")
     p.add_argument("--source", dest="add_source", metavar="SRC",
                    help="with --add: the Hugging Face model the folder came from, for the PyTorch reference "
@@ -146,6 +151,8 @@ def _run_add(args: argparse.Namespace) -> int:
         validate=args.add_validate,
         int8_scheme=args.int8_scheme,
         calibration=args.calibration,
+        int8_smoothing_alpha=args.int8_smoothing_alpha,
+        int8_calibration_percentile=args.int8_calibration_percentile,
         prune_last_layer=args.prune_last_layer,
         validation=args.validation,
         allow_pickle=args.allow_pickle,

@@ -55,6 +55,8 @@ def export_model(
     int8: bool = False,
     int8_scheme: str | None = None,
     calibration: str | os.PathLike[str] | None = None,
+    int8_smoothing_alpha: float | None = None,
+    int8_calibration_percentile: float | None = None,
     fp16: bool = False,
     activation: str | None = None,
     positive_label: int | str | None = None,
@@ -87,6 +89,10 @@ def export_model(
             default, :data:`crossrank.export.quantize.DEFAULT_INT8_SCHEME`.
         calibration: pairs file (see :mod:`crossrank.export.pairs`) that calibrates static int8;
             None: the built-in set.
+        int8_smoothing_alpha: static int8's SmoothQuant-style scale migration, alpha in [0, 1]
+            (None: off, the default; docs/int8-fidelity.md has the measurement).
+        int8_calibration_percentile: static int8 ranges clipped at this percentile in (50, 100]
+            (None: MinMax, the default).
         fp16: add the fp16 variant (CUDA).
         activation: "identity", "sigmoid" or "softmax", overriding the one in the model's config.
         positive_label: name or index of the logit that means relevant (several labels).
@@ -121,7 +127,9 @@ def export_model(
             disk, or running out of memory.
     """
     given = dict(
-        revision=revision, int8=int8, int8_scheme=int8_scheme, calibration=calibration, fp16=fp16, activation=activation,
+        revision=revision, int8=int8, int8_scheme=int8_scheme, calibration=calibration,
+        int8_smoothing_alpha=int8_smoothing_alpha, int8_calibration_percentile=int8_calibration_percentile,
+        fp16=fp16, activation=activation,
         positive_label=positive_label, max_length=max_length, validation=validation, allow_pickle=allow_pickle,
         force=force, keep_failed=keep_failed, opset=opset, prune_last_layer=prune_last_layer,
         exporter=exporter, trust_remote_code=trust_remote_code,
@@ -272,6 +280,7 @@ class BuildContext:
         num_special_tokens_pair: the manifest's template tokens per pair.
         int8_scheme: "static" or "dynamic" (None when int8 is not built).
         calibration_pairs: static int8's pairs (None: the built-in set).
+        int8_smoothing_alpha / int8_calibration_percentile: static int8's opt-in levers (None: off).
         prune_last_layer: prune the optimized graph's last layer to [CLS].
     """
 
@@ -285,6 +294,8 @@ class BuildContext:
     num_special_tokens_pair: int
     int8_scheme: str | None = None
     calibration_pairs: tuple[tuple[str, str], ...] | None = None
+    int8_smoothing_alpha: float | None = None
+    int8_calibration_percentile: float | None = None
     prune_last_layer: bool = True
 
     def path(self, variant: str) -> Path:
@@ -318,6 +329,9 @@ def _build_int8(ctx: BuildContext) -> "VariantResult":
         input_names=list(ctx.input_names),
         max_length=ctx.max_length,
         num_special_tokens_pair=ctx.num_special_tokens_pair,
+        calibration_method="minmax" if ctx.int8_calibration_percentile is None else "percentile",
+        calibration_percentile=ctx.int8_calibration_percentile,
+        smoothing_alpha=ctx.int8_smoothing_alpha,
     )
     return VariantResult("int8", ctx.path("int8"), _PRECISION["int8"], _PROVIDERS["int8"], dict(settings))
 
@@ -428,6 +442,7 @@ def _run(
         folder=folder, work=stage.work, model_type=src.model_type, config=src.config, tokenizer_json=tok_path,
         input_names=tuple(input_names), max_length=max_len, num_special_tokens_pair=tok_spec.num_special_tokens_pair,
         int8_scheme=opts.int8_scheme, calibration_pairs=None if calibration_pairs is None else tuple(calibration_pairs),
+        int8_smoothing_alpha=opts.int8_smoothing_alpha, int8_calibration_percentile=opts.int8_calibration_percentile,
         prune_last_layer=opts.prune_last_layer,
     )
     for name in opts.variants[1:]:
@@ -486,6 +501,8 @@ def add_variant(
     validate: bool = True,
     int8_scheme: str | None = None,
     calibration: str | os.PathLike[str] | None = None,
+    int8_smoothing_alpha: float | None = None,
+    int8_calibration_percentile: float | None = None,
     prune_last_layer: bool = True,
     validation: str | os.PathLike[str] | None = None,
     allow_pickle: bool = False,
@@ -512,6 +529,8 @@ def add_variant(
             the only way to add one when the source model is unreachable.
         int8_scheme: "static" or "dynamic" (int8 only; None: the default scheme).
         calibration: pairs file calibrating static int8 (None: the built-in set).
+        int8_smoothing_alpha / int8_calibration_percentile: static int8's opt-in levers
+            (:class:`~crossrank.export.options.ExportOptions`; None: off).
         prune_last_layer: prune the optimized graph's last layer to [CLS] (optimized only).
         validation: pairs file to validate with (None: the built-in set).
         allow_pickle: allow the source's pickle ``.bin`` weights.
@@ -532,10 +551,13 @@ def add_variant(
         raise InvalidInputError(
             f"variant {variant!r} cannot be added: choose one of {', '.join(ADDABLE_VARIANTS)} (fp32 is the folder's input)"
         )
-    if variant != "int8" and (int8_scheme is not None or calibration is not None):
-        raise InvalidInputError("int8_scheme and calibration apply only when adding int8")
+    if variant != "int8" and (int8_scheme is not None or calibration is not None or int8_smoothing_alpha is not None
+                              or int8_calibration_percentile is not None):
+        raise InvalidInputError("int8_scheme, calibration, int8_smoothing_alpha and int8_calibration_percentile apply "
+                                "only when adding int8")
     opts = ExportOptions(  # the one validated option object; names the wrong option
         revision=revision, int8=variant == "int8", int8_scheme=int8_scheme, calibration=calibration,
+        int8_smoothing_alpha=int8_smoothing_alpha, int8_calibration_percentile=int8_calibration_percentile,
         fp16=variant == "fp16", validation=validation, allow_pickle=allow_pickle, keep_failed=keep_failed,
         prune_last_layer=prune_last_layer,
     )
@@ -613,6 +635,7 @@ def _add(
             tokenizer_json=folder / manifest.tokenizer.file, input_names=tuple(i.name for i in manifest.inputs),
             max_length=manifest.max_length, num_special_tokens_pair=manifest.tokenizer.num_special_tokens_pair,
             int8_scheme=opts.int8_scheme, calibration_pairs=None if calibration_pairs is None else tuple(calibration_pairs),
+            int8_smoothing_alpha=opts.int8_smoothing_alpha, int8_calibration_percentile=opts.int8_calibration_percentile,
             prune_last_layer=opts.prune_last_layer,
         )
         message, what, build = BUILDERS[variant]

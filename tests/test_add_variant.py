@@ -191,3 +191,32 @@ def test_bad_requests(folder: Path, tmp_path: Path, capsys) -> None:
         capsys.readouterr()
         assert crossrank_main(argv) == 1
         assert message in capsys.readouterr().err
+
+
+def test_int8_levers_from_the_cli_are_built_validated_and_recorded(folder: Path, src: Path, small_validation: Path) -> None:
+    """--int8-smoothing-alpha and --int8-calibration-percentile reach quantize_int8 (the manifest
+    records what was built) and the variant still passes its validation against PyTorch."""
+    rc = crossrank_main(["export", "--add", "int8", str(folder), "--source", str(src), "--validation", str(small_validation),
+                         "--int8-smoothing-alpha", "0.85", "--int8-calibration-percentile", "99.999"])
+    assert rc == 0
+    spec = load_manifest(folder).variants["int8"]
+    assert spec.settings["smoothing"]["alpha"] == 0.85 and spec.settings["smoothing"]["inputs_migrated"] > 0
+    assert spec.settings["calibration"]["method"] == "Percentile" and spec.settings["calibration"]["percentile"] == 99.999
+    assert spec.validation["passed"] is True
+    scores = Reranker.load(folder, variant="int8", provider="cpu", cache_dir=False).score("q", ["a b c", "d"])
+    assert np.isfinite(scores).all()
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"int8_smoothing_alpha": 1.5}, r"int8_smoothing_alpha must be a number in \[0, 1\]"),
+    ({"int8_smoothing_alpha": True}, r"int8_smoothing_alpha must be a number"),
+    ({"int8_calibration_percentile": 50}, r"int8_calibration_percentile must be a number in \(50, 100\]"),
+    ({"int8_calibration_percentile": 99.9, "int8_scheme": "dynamic"}, "apply only to the static int8 scheme"),
+])
+def test_int8_lever_values_are_checked_before_anything_is_built(folder: Path, kwargs: dict, message: str) -> None:
+    before = snapshot(folder)
+    with pytest.raises(InvalidInputError, match=message):
+        add_variant(folder, "int8", validate=False, **kwargs)
+    with pytest.raises(InvalidInputError, match="apply only when adding int8"):
+        add_variant(folder, "fp16", validate=False, int8_smoothing_alpha=0.5)
+    assert snapshot(folder) == before
