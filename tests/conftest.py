@@ -64,6 +64,7 @@ FULL_INSTALL_MODULES = {
     "test_bench_metrics.py": "bench",
     "test_bench_report.py": "bench",
     "test_bench_peers_field.py": "bench",
+    "test_bench_floor.py": "bench",
 }
 HEAVY = ("torch", "transformers", "optimum")
 
