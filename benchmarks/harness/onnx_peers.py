@@ -45,6 +45,8 @@ import numpy as np
 from crossrank.atomic import mkdtemp
 from crossrank.errors import BenchmarkError, MissingDependencyError
 
+from .peers import publish_staged
+
 log = logging.getLogger("crossrank.bench.peers")
 
 __all__ = ["prepare_onnx_peers", "quantize_avx2", "FastEmbedPeer", "FlashRankPeer", "FLASHRANK_SLOT",
@@ -175,10 +177,7 @@ def prepare_onnx_peers(model_dir: str | Path, *, cache_dir: str | Path, int8: bo
                 "flashrank": int8, "flashrank_slot": FLASHRANK_SLOT if int8 else None,
                 "quantization": "onnxruntime quantize_dynamic, avx2 settings (uint8 weights, symmetric, per channel)"
                 if int8 else None, "onnxruntime": _version("onnxruntime")}
-        (tmp / "crossrank-peers.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        publish_staged(tmp, out, meta)
     except Exception:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

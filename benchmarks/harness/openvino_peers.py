@@ -30,6 +30,8 @@ from typing import Any
 from crossrank.atomic import mkdtemp
 from crossrank.errors import BenchmarkError, MissingDependencyError
 
+from .peers import publish_staged
+
 log = logging.getLogger("crossrank.bench.peers")
 
 __all__ = ["prepare_openvino_peers", "calibration_pairs", "CALIBRATION_PAIRS", "FP32_FILE", "INT8_FILE"]
@@ -123,10 +125,7 @@ def prepare_openvino_peers(hf_model: str | Path, *, key: str, max_length: int, c
                            "config": "OVQuantizationConfig defaults (NNCF static int8)"}
         meta = {"source": str(src), "max_length": max_length, "int8": int8, "calibration": calibration,
                 "versions": _versions()}
-        (tmp / "crossrank-peers.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        publish_staged(tmp, out, meta)
     except Exception:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

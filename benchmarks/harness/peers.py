@@ -48,7 +48,7 @@ from crossrank.errors import BenchmarkError, MissingDependencyError
 log = logging.getLogger("crossrank.bench.peers")
 
 __all__ = ["PEERS", "PeerSpec", "Peer", "quantization_config_for", "prepare_peer_models", "load_peer", "default_cache_dir",
-           "weights_key", "peer_unavailable", "HF_BACKENDS", "CROSSRANK_BACKENDS", "CPU_ONLY_BACKENDS"]
+           "weights_key", "peer_unavailable", "publish_staged", "HF_BACKENDS", "CROSSRANK_BACKENDS", "CPU_ONLY_BACKENDS"]
 
 
 @dataclass(frozen=True)
@@ -170,6 +170,15 @@ def weights_key(hf_model: str | os.PathLike) -> str:
     return h.hexdigest()[:16]
 
 
+def publish_staged(tmp: Path, out: Path, meta: dict[str, Any]) -> None:
+    """Write a prepared peer's ``crossrank-peers.json`` into its staged folder ``tmp`` and swap
+    that folder in for ``out`` (a stale entry is replaced); the caller removes ``tmp`` on failure."""
+    (tmp / "crossrank-peers.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
 def prepare_peer_models(hf_model: str | os.PathLike, *, isa_flags: Sequence[str], machine: str = "",
                         cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Export the sentence-transformers ONNX fp32 model and its dynamic int8 once; return where.
@@ -205,10 +214,7 @@ def prepare_peer_models(hf_model: str | os.PathLike, *, isa_flags: Sequence[str]
         if len(int8) != 1:
             raise BenchmarkError(f"export_dynamic_quantized_onnx_model wrote {[p.name for p in int8]}, expected one file")
         meta = {"int8_file": f"onnx/{int8[0].name}", "quantization": preset}
-        (tmp / "crossrank-peers.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        publish_staged(tmp, out, meta)
     except Exception:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
