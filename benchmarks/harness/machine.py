@@ -47,7 +47,8 @@ def cpu_flags() -> tuple[str, ...]:
     return _cpu()[1]
 
 
-def _version(dist: str) -> str | None:
+def dist_version(dist: str) -> str | None:
+    """The installed version of distribution ``dist``; None when it is not installed."""
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -85,7 +86,7 @@ def describe_machine() -> dict[str, Any]:
     except AttributeError:  # not on Linux
         usable = os.cpu_count()
     versions = {
-        name: _version(name)
+        name: dist_version(name)
         for name in ("crossrank", "onnxruntime", "onnxruntime-gpu", "tokenizers", "numpy", "torch",
                      "transformers", "sentence-transformers", "optimum", "optimum-onnx")
     }

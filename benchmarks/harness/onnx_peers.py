@@ -36,7 +36,6 @@ import hashlib
 import json
 import logging
 import shutil
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,6 +44,7 @@ import numpy as np
 from crossrank.atomic import mkdtemp
 from crossrank.errors import BenchmarkError, MissingDependencyError
 
+from .machine import dist_version as _version
 from .peers import publish_staged
 
 log = logging.getLogger("crossrank.bench.peers")
@@ -59,13 +59,6 @@ FLASHRANK_FILE = "flashrank-MiniLM-L-12-v2_Q.onnx"
 PREPARED_FORMAT = 1  # bump when the prepared layout changes: the cache key includes it
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def _special_tokens(tokenizer_json: dict[str, Any], pad_token: str) -> dict[str, str]:

@@ -23,13 +23,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from crossrank.atomic import mkdtemp
 from crossrank.errors import BenchmarkError, MissingDependencyError
 
+from .machine import dist_version
 from .peers import publish_staged
 
 log = logging.getLogger("crossrank.bench.peers")
@@ -52,13 +52,7 @@ def calibration_pairs(n: int = CALIBRATION_PAIRS) -> list[tuple[str, str]]:
 
 
 def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for dist in ("sentence-transformers", "optimum-intel", "openvino", "nncf", "transformers"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
+    return {dist: dist_version(dist) for dist in ("sentence-transformers", "optimum-intel", "openvino", "nncf", "transformers")}
 
 
 def prepare_openvino_peers(hf_model: str | Path, *, key: str, max_length: int, cache_dir: str | Path,

@@ -160,13 +160,10 @@ def weights_key(hf_model: str | os.PathLike) -> str:
             while block := f.read(1 << 20):
                 h.update(block)
     # The exporting libraries' versions (None when not installed: the transformers 5 stack has no optimum).
-    from importlib import metadata  # noqa: PLC0415
+    from .machine import dist_version  # noqa: PLC0415
 
     for dist in ("sentence-transformers", "optimum"):
-        try:
-            h.update(metadata.version(dist).encode())
-        except metadata.PackageNotFoundError:
-            h.update(b"-")
+        h.update((dist_version(dist) or "-").encode())
     return h.hexdigest()[:16]
 
 

@@ -17,7 +17,6 @@ import json
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,6 +25,7 @@ import numpy as np
 from crossrank.errors import BenchmarkError
 
 from . import peers as _peers
+from .machine import dist_version as _dist_version
 
 __all__ = ["System", "crossrank_name", "load_crossrank", "load_peer_system", "REFERENCE"]
 
@@ -74,13 +74,6 @@ def load_crossrank(model_dir: str | Path, variant: str, *, provider: str = "cpu"
 def score_key(*parts: Any) -> str:
     """A digest of everything that determines a system's scores (for the quality cache)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-def _dist_version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 @lru_cache(maxsize=1)
