@@ -57,6 +57,11 @@ _CUT_SLACK_CHARS = 256
 MAX_PRECUT_RETRIES = 3
 # Pairs tokenized per `encode_batch` call.
 ENCODE_CHUNK = 1024
+# Characters (after the pre-cut) tokenized per `encode_batch` call, at most. All `encode_batch`
+# calls of a process share one `tokenizers` thread pool, which runs a call's pieces before a later
+# call's: a small request tokenizing beside a megabyte one waits out one chunk, not all of it.
+# 128 KiB is ~0.1 s with the MiniLM tokenizer on the 2-core EPYC (~1 MB/s, scheduler.py).
+ENCODE_CHUNK_CHARS = 128 * 1024
 
 
 @dataclass(frozen=True)
@@ -234,8 +239,10 @@ class PairEncoder:
         Raises:
             InvalidInputError: ``max_doc_tokens`` is not None or an int >= 1.
 
-        Pairs are tokenized in chunks of :data:`ENCODE_CHUNK`, keeping only their token ids, so
-        the tokenizer's per-pair objects never pile up for 10,000 candidates.
+        Pairs are tokenized in chunks of at most :data:`ENCODE_CHUNK` pairs and
+        :data:`ENCODE_CHUNK_CHARS` characters, keeping only their token ids, so the tokenizer's
+        per-pair objects never pile up for 10,000 candidates and a concurrent small call never
+        waits behind a megabyte one.
         """
         if max_doc_tokens is not None and (
             isinstance(max_doc_tokens, (bool, np.bool_)) or not isinstance(max_doc_tokens, numbers.Integral) or max_doc_tokens < 1
@@ -250,8 +257,14 @@ class PairEncoder:
         rows_types: list[np.ndarray] = []
         query_cut = np.zeros(n, dtype=bool)
         doc_cut = np.zeros(n, dtype=bool)
-        for start in range(0, n, ENCODE_CHUNK):
-            chunk = pairs[start : start + ENCODE_CHUNK]
+        widest = self._char_limit(room)  # no document keeps more characters than this before encoding
+        start = 0
+        while start < n:
+            stop, chars = start, 0
+            while stop < n and stop - start < ENCODE_CHUNK and (stop == start or chars < ENCODE_CHUNK_CHARS):
+                chars += len(pairs[stop][0]) + min(len(pairs[stop][1]), widest)
+                stop += 1
+            chunk = pairs[start:stop]
             batch: list[tuple[str, str]] = []
             queries: list[_Query] = []
             needs: list[int] = []
@@ -309,6 +322,7 @@ class PairEncoder:
                 rows_ids.append(ids)
                 rows_types.append(types)
             del encs
+            start = stop
         if cut_queries:
             log.warning(
                 "%d of %d pairs lost query tokens (max_length=%d: an overflowing pair's query keeps "

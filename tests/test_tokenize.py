@@ -127,3 +127,9 @@ def test_pair_encoding_matches_tokenizers_only_second(tiny_bert_folder: Path, mo
     chunked = enc.encode(pairs)
     for field in ("ids", "type_ids", "offsets", "truncated"):
         assert np.array_equal(getattr(chunked, field), getattr(got, field)), field
+    # ... nor in chunks bounded by characters (down to one pair per call).
+    for cap in (300, 1):
+        monkeypatch.setattr(tokenize_mod, "ENCODE_CHUNK_CHARS", cap)
+        chunked = enc.encode(pairs)
+        for field in ("ids", "type_ids", "offsets", "truncated", "query_cut", "doc_cut"):
+            assert np.array_equal(getattr(chunked, field), getattr(got, field)), (cap, field)
