@@ -57,9 +57,12 @@ static[-PAIRS][-smooth-aA][-pP]
                            TREC DL 2020 queries 0-13, first 20 candidates each (evaluate TREC only
                            on queries 14-53); ``smoothing_alpha=A``; ``calibration_method=
                            "percentile"`` at P; default: built-in pairs, MinMax
-static-keep-GROUP          crossrank static (MinMax) with one group of operators left fp32
-                           (``keep_fp32``; BERT node names): qkv, attn-out, ffn-up, ffn-down (all
-                           layers), layer0, layer5 (one whole layer)
+static-keep-SPEC           crossrank static (MinMax) with operators left fp32 (``keep_fp32``; BERT
+                           node names); SPEC is ``+``-joined GROUP[@LAYERS]: GROUP qkv, attn-out,
+                           ffn-up, ffn-down, layer (all four), cls (the pruned last layer's
+                           operators that run on the [CLS] row only); LAYERS digits; optionally
+                           ``-smooth-aA`` (scale migration of the rest), e.g. ``static-keep-ffn-down``
+                           (all layers), ``static-keep-cls+ffn-down@04``, ``static-keep-ffn-down@01-smooth-a0.85``
 =========================  ===================================================================
 """
 from __future__ import annotations
@@ -304,33 +307,62 @@ def build_candidates(plain: Path, opt: Path, tokenizer: Path, work: Path, max_le
             options.update(calibration_method="percentile", calibration_percentile=float(m.group(3)))
         return cached(name, crossrank("static", pairs, **options))
 
-    def keep(group: str) -> Callable[[], Path]:
-        """static-keep-GROUP: the default with one group of operators left fp32 (sensitivity)."""
+    def keep(spec: str) -> Callable[[], Path]:
+        """static-keep-SPEC: the default with some operators left fp32 (per-operator sensitivity).
+
+        SPEC is ``+``-joined GROUP[@LAYERS] tokens, e.g. ``ffn-down``, ``ffn-down@05``, ``cls+ffn-down@0``,
+        optionally ending in ``-smooth-aA`` (scale migration of the operators still quantized).
+        """
         import onnx as _onnx
 
         from crossrank.export.quantize import _nodes_to_quantize
 
+        def layer_of(n: str) -> int:
+            m = re.match(r"Attention_(\d+)", n) or re.search(r"/layer\.(\d+)/", n)
+            return int(m.group(1)) if m else -1
+
+        groups = {"qkv": lambda n: n.startswith("Attention_"),
+                  "attn-out": lambda n: "/attention/output/dense/" in n,
+                  "ffn-up": lambda n: "/intermediate/dense/" in n,
+                  "ffn-down": lambda n: "/output/dense/" in n and "/attention/" not in n,
+                  "layer": lambda n: True,
+                  # the pruned last layer's operators that run on the [CLS] row only (all but K/V):
+                  # keeping them fp32 costs one row per pair
+                  "cls": lambda n: n == "Attention_5/cls_only/q_matmul"
+                  or ("/layer.5/" in n and "kv_matmul" not in n)}
+        m = re.fullmatch(r"(.+?)(?:-smooth-a([0-9.]+))?", spec)
+        options = {"smoothing_alpha": float(m.group(2))} if m.group(2) else {}
+        picks = []
+        for token in m.group(1).split("+"):
+            group, _, layers = token.partition("@")
+            if group not in groups or (layers and not layers.isdigit()):
+                return None
+            picks.append((groups[group], {int(c) for c in layers} if layers else None))
+
         def make(out: Path) -> None:
             names = list(_nodes_to_quantize(_onnx.load(str(opt), load_external_data=False)))
-            pick = {"qkv": lambda n: n.startswith("Attention_"),
-                    "attn-out": lambda n: "/attention/output/dense/" in n,
-                    "ffn-up": lambda n: "/intermediate/dense/" in n,
-                    "ffn-down": lambda n: "/output/dense/" in n and "/attention/" not in n,
-                    "layer0": lambda n: n == "Attention_0" or "/layer.0/" in n,
-                    "layer5": lambda n: n.startswith("Attention_5") or "/layer.5/" in n}[group]
+            kept = [n for n in names if any(g(n) and (ls is None or layer_of(n) in ls) for g, ls in picks)]
             quantize_int8(opt, out, scheme="static", calibration_pairs=None, tokenizer_json=tokenizer,
-                          input_names=list(INPUTS), max_length=max_length, keep_fp32=[n for n in names if pick(n)])
-        return cached(f"static-keep-{group}", make)
+                          input_names=list(INPUTS), max_length=max_length, keep_fp32=kept, **options)
+        return cached(f"static-keep-{spec}", make)
 
     class Candidates(dict):
         def __missing__(self, name: str) -> Callable[[], Path]:
             build = composed(name)
+            if build is None and name.startswith("static-keep-"):
+                build = keep(name[len("static-keep-"):])
             if build is None:
                 raise KeyError(name)
             return build
 
         def __contains__(self, name: object) -> bool:
-            return dict.__contains__(self, name) or (isinstance(name, str) and composed(name) is not None)
+            return dict.__contains__(self, name) or (isinstance(name, str) and self._composable(name))
+
+        @staticmethod
+        def _composable(name: str) -> bool:
+            if name.startswith("static-keep-"):
+                return keep(name[len("static-keep-"):]) is not None
+            return composed(name) is not None
 
     def static_plain(out: Path, *, repaired: bool) -> None:
         reader = _Reader(make_tokenizer(tokenizer, max_length), load_calibration_pairs(None))
@@ -349,7 +381,6 @@ def build_candidates(plain: Path, opt: Path, tokenizer: Path, work: Path, max_le
     return Candidates({
         "fp32": lambda: plain,
         "optimized": lambda: opt,
-        **{f"static-keep-{g}": keep(g) for g in ("qkv", "attn-out", "ffn-up", "ffn-down", "layer0", "layer5")},
         "crossrank-static": cached("crossrank-static", crossrank("static")),
         "crossrank-dynamic": cached("crossrank-dynamic", crossrank("dynamic")),
         "dyn-fused-s8-tensor": cached("dyn-fused-s8-tensor", lambda out: quantize_dynamic(
