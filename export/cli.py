@@ -36,6 +36,9 @@ def register(subparsers: Any) -> None:
                    "raised pair-level fidelity against fp32 but lost WikiQA nDCG@10: docs/int8-fidelity.md)")
     p.add_argument("--int8-calibration-percentile", metavar="P", type=float,
                    help="static int8: clip activation ranges at percentile P in (50, 100] (default MinMax)")
+    p.add_argument("--int8-fp32-ffn-down-layers", metavar="N", type=int,
+                   help="int8: leave the feed-forward down-projection of the first N encoder layers in fp32 "
+                   "(default: crossrank's measured choice, docs/int8-fidelity.md)")
     p.add_argument("--fp16", action="store_true", help="add the fp16 variant for the CUDA execution provider")
     p.add_argument("--activation", choices=ACTIVATIONS, help="override the score activation read from config.json")
     p.add_argument("--positive-label", metavar="L", help="label name or index that means relevant (multi-label models)")
@@ -61,7 +64,7 @@ def _register_add(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--add", metavar="VARIANT", choices=tuple(ADDABLE_VARIANTS),
                    help="add or replace one variant (optimized, int8, fp16) of the existing crossrank folder given as "
-                   "SOURCE, all or nothing; --int8-scheme, --calibration, --int8-smoothing-alpha, --int8-calibration-percentile, --validation, --keep-failed, "
+                   "SOURCE, all or nothing; --int8-scheme, --calibration, --int8-smoothing-alpha, --int8-calibration-percentile, --int8-fp32-ffn-down-layers, --validation, --keep-failed, "
                    "--no-prune-last-layer and --allow-pickle apply")
     p.add_argument("--source", dest="add_source", metavar="SRC",
                    help="with --add: the Hugging Face model the folder came from, for the PyTorch reference "
@@ -153,6 +156,7 @@ def _run_add(args: argparse.Namespace) -> int:
         calibration=args.calibration,
         int8_smoothing_alpha=args.int8_smoothing_alpha,
         int8_calibration_percentile=args.int8_calibration_percentile,
+        int8_fp32_ffn_down_layers=args.int8_fp32_ffn_down_layers,
         prune_last_layer=args.prune_last_layer,
         validation=args.validation,
         allow_pickle=args.allow_pickle,

@@ -51,6 +51,9 @@ class ExportOptions:
             on three sets but lost WikiQA nDCG@10 (docs/int8-fidelity.md), so it is opt-in.
         int8_calibration_percentile: static int8 only: clip each activation range at this
             percentile in (50, 100] instead of MinMax (None: MinMax, the default; docs/int8-fidelity.md).
+        int8_fp32_ffn_down_layers: leave the feed-forward down-projection (the MatMul reading the
+            GELU output) of this many leading encoder layers in fp32, an int >= 0 (None:
+            :data:`~crossrank.export.quantize.DEFAULT_FP32_FFN_DOWN_LAYERS`; docs/int8-fidelity.md).
         fp16: add the fp16 variant (CUDA).
         activation: override of the score activation ("identity", "sigmoid", "softmax").
         positive_label: name or index of the logit that means relevant.
@@ -75,6 +78,7 @@ class ExportOptions:
     calibration: Path | None = None
     int8_smoothing_alpha: float | None = None
     int8_calibration_percentile: float | None = None
+    int8_fp32_ffn_down_layers: int | None = None
     fp16: bool = False
     activation: str | None = None
     positive_label: int | str | None = None
@@ -114,10 +118,14 @@ class ExportOptions:
                                        "in (50, 100] (a percent)")):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value)):
                 raise InvalidInputError(f"{name} must be a number {rule} or None, not {value!r}")
+        layers = self.int8_fp32_ffn_down_layers
+        if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or layers < 0):
+            raise InvalidInputError(f"int8_fp32_ffn_down_layers must be an integer >= 0 or None, not {layers!r}")
         if not self.int8:
-            if self.int8_scheme is not None or self.calibration is not None or alpha is not None or percentile is not None:
-                raise InvalidInputError("int8_scheme, calibration, int8_smoothing_alpha and int8_calibration_percentile "
-                                        "apply only with int8=True (--int8)")
+            if (self.int8_scheme is not None or self.calibration is not None or alpha is not None or percentile is not None
+                    or layers is not None):
+                raise InvalidInputError("int8_scheme, calibration, int8_smoothing_alpha, int8_calibration_percentile and "
+                                        "int8_fp32_ffn_down_layers apply only with int8=True (--int8)")
             return
         scheme = DEFAULT_INT8_SCHEME if self.int8_scheme is None else self.int8_scheme
         if scheme not in INT8_SCHEMES:

@@ -57,6 +57,7 @@ def export_model(
     calibration: str | os.PathLike[str] | None = None,
     int8_smoothing_alpha: float | None = None,
     int8_calibration_percentile: float | None = None,
+    int8_fp32_ffn_down_layers: int | None = None,
     fp16: bool = False,
     activation: str | None = None,
     positive_label: int | str | None = None,
@@ -93,6 +94,8 @@ def export_model(
             (None: off, the default; docs/int8-fidelity.md has the measurement).
         int8_calibration_percentile: static int8 ranges clipped at this percentile in (50, 100]
             (None: MinMax, the default).
+        int8_fp32_ffn_down_layers: feed-forward down-projections of this many leading layers
+            left fp32 in int8 (None: :data:`crossrank.export.quantize.DEFAULT_FP32_FFN_DOWN_LAYERS`).
         fp16: add the fp16 variant (CUDA).
         activation: "identity", "sigmoid" or "softmax", overriding the one in the model's config.
         positive_label: name or index of the logit that means relevant (several labels).
@@ -129,7 +132,7 @@ def export_model(
     given = dict(
         revision=revision, int8=int8, int8_scheme=int8_scheme, calibration=calibration,
         int8_smoothing_alpha=int8_smoothing_alpha, int8_calibration_percentile=int8_calibration_percentile,
-        fp16=fp16, activation=activation,
+        int8_fp32_ffn_down_layers=int8_fp32_ffn_down_layers, fp16=fp16, activation=activation,
         positive_label=positive_label, max_length=max_length, validation=validation, allow_pickle=allow_pickle,
         force=force, keep_failed=keep_failed, opset=opset, prune_last_layer=prune_last_layer,
         exporter=exporter, trust_remote_code=trust_remote_code,
@@ -281,6 +284,7 @@ class BuildContext:
         int8_scheme: "static" or "dynamic" (None when int8 is not built).
         calibration_pairs: static int8's pairs (None: the built-in set).
         int8_smoothing_alpha / int8_calibration_percentile: static int8's opt-in levers (None: off).
+        int8_fp32_ffn_down_layers: down-projections left fp32 (None: the quantizer's default).
         prune_last_layer: prune the optimized graph's last layer to [CLS].
     """
 
@@ -296,6 +300,7 @@ class BuildContext:
     calibration_pairs: tuple[tuple[str, str], ...] | None = None
     int8_smoothing_alpha: float | None = None
     int8_calibration_percentile: float | None = None
+    int8_fp32_ffn_down_layers: int | None = None
     prune_last_layer: bool = True
 
     def path(self, variant: str) -> Path:
@@ -332,6 +337,7 @@ def _build_int8(ctx: BuildContext) -> "VariantResult":
         calibration_method="minmax" if ctx.int8_calibration_percentile is None else "percentile",
         calibration_percentile=ctx.int8_calibration_percentile,
         smoothing_alpha=ctx.int8_smoothing_alpha,
+        fp32_ffn_down_layers=ctx.int8_fp32_ffn_down_layers,
     )
     return VariantResult("int8", ctx.path("int8"), _PRECISION["int8"], _PROVIDERS["int8"], dict(settings))
 
@@ -443,7 +449,7 @@ def _run(
         input_names=tuple(input_names), max_length=max_len, num_special_tokens_pair=tok_spec.num_special_tokens_pair,
         int8_scheme=opts.int8_scheme, calibration_pairs=None if calibration_pairs is None else tuple(calibration_pairs),
         int8_smoothing_alpha=opts.int8_smoothing_alpha, int8_calibration_percentile=opts.int8_calibration_percentile,
-        prune_last_layer=opts.prune_last_layer,
+        int8_fp32_ffn_down_layers=opts.int8_fp32_ffn_down_layers, prune_last_layer=opts.prune_last_layer,
     )
     for name in opts.variants[1:]:
         message, what, build = BUILDERS[name]
@@ -503,6 +509,7 @@ def add_variant(
     calibration: str | os.PathLike[str] | None = None,
     int8_smoothing_alpha: float | None = None,
     int8_calibration_percentile: float | None = None,
+    int8_fp32_ffn_down_layers: int | None = None,
     prune_last_layer: bool = True,
     validation: str | os.PathLike[str] | None = None,
     allow_pickle: bool = False,
@@ -531,6 +538,8 @@ def add_variant(
         calibration: pairs file calibrating static int8 (None: the built-in set).
         int8_smoothing_alpha / int8_calibration_percentile: static int8's opt-in levers
             (:class:`~crossrank.export.options.ExportOptions`; None: off).
+        int8_fp32_ffn_down_layers: down-projections of this many leading layers left fp32
+            (int8 only; None: the default).
         prune_last_layer: prune the optimized graph's last layer to [CLS] (optimized only).
         validation: pairs file to validate with (None: the built-in set).
         allow_pickle: allow the source's pickle ``.bin`` weights.
@@ -552,13 +561,13 @@ def add_variant(
             f"variant {variant!r} cannot be added: choose one of {', '.join(ADDABLE_VARIANTS)} (fp32 is the folder's input)"
         )
     if variant != "int8" and (int8_scheme is not None or calibration is not None or int8_smoothing_alpha is not None
-                              or int8_calibration_percentile is not None):
-        raise InvalidInputError("int8_scheme, calibration, int8_smoothing_alpha and int8_calibration_percentile apply "
-                                "only when adding int8")
+                              or int8_calibration_percentile is not None or int8_fp32_ffn_down_layers is not None):
+        raise InvalidInputError("int8_scheme, calibration, int8_smoothing_alpha, int8_calibration_percentile and "
+                                "int8_fp32_ffn_down_layers apply only when adding int8")
     opts = ExportOptions(  # the one validated option object; names the wrong option
         revision=revision, int8=variant == "int8", int8_scheme=int8_scheme, calibration=calibration,
         int8_smoothing_alpha=int8_smoothing_alpha, int8_calibration_percentile=int8_calibration_percentile,
-        fp16=variant == "fp16", validation=validation, allow_pickle=allow_pickle, keep_failed=keep_failed,
+        int8_fp32_ffn_down_layers=int8_fp32_ffn_down_layers, fp16=variant == "fp16", validation=validation, allow_pickle=allow_pickle, keep_failed=keep_failed,
         prune_last_layer=prune_last_layer,
     )
     if not isinstance(validate, bool):
@@ -636,7 +645,7 @@ def _add(
             max_length=manifest.max_length, num_special_tokens_pair=manifest.tokenizer.num_special_tokens_pair,
             int8_scheme=opts.int8_scheme, calibration_pairs=None if calibration_pairs is None else tuple(calibration_pairs),
             int8_smoothing_alpha=opts.int8_smoothing_alpha, int8_calibration_percentile=opts.int8_calibration_percentile,
-            prune_last_layer=opts.prune_last_layer,
+            int8_fp32_ffn_down_layers=opts.int8_fp32_ffn_down_layers, prune_last_layer=opts.prune_last_layer,
         )
         message, what, build = BUILDERS[variant]
         steps(message.format(scheme=opts.int8_scheme).replace(" and validating", ""))

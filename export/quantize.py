@@ -113,6 +113,7 @@ __all__ = [
     "CALIBRATION_METHODS",
     "DEFAULT_CALIBRATION_METHOD",
     "DEFAULT_CALIBRATION_PERCENTILE",
+    "DEFAULT_FP32_FFN_DOWN_LAYERS",
     "SOURCE_VARIANT",
     "BUILTIN_CALIBRATION",
     "load_calibration_pairs",
@@ -136,6 +137,9 @@ DEFAULT_CALIBRATION_PERCENTILE = 99.999
 # Histogram resolution of the percentile pass: 2**14 bins over a MinMax range of tens puts the
 # chosen bound within ~1e-3 of the exact percentile, far below one uint8 step (range / 255).
 PERCENTILE_BINS = 1 << 14
+# Leading encoder layers whose feed-forward down-projection stays fp32 (module docstring,
+# *fp32 down-projections*; measured in docs/int8-fidelity.md).
+DEFAULT_FP32_FFN_DOWN_LAYERS = 0
 
 # Operators only ORT's transformer optimizer writes: one of them means the graph is the fused one.
 _FUSED_OPS = frozenset(
@@ -220,6 +224,7 @@ def quantize_int8(
     calibration_method: str = DEFAULT_CALIBRATION_METHOD,
     calibration_percentile: float | None = None,
     smoothing_alpha: float | None = None,
+    fp32_ffn_down_layers: int | None = None,
     keep_fp32: Sequence[str] = (),
 ) -> dict:
     """Quantize ``src_onnx`` to int8, write ``dst_onnx``, and return the settings for the manifest.
@@ -233,7 +238,10 @@ def quantize_int8(
     ``calibration_percentile`` (a percent in (50, 100]; None = :data:`DEFAULT_CALIBRATION_PERCENTILE`)
     choose how the calibrated values become ranges (module docstring, *Calibration range*).
     ``smoothing_alpha`` (static only; in [0, 1]; None = no migration) moves activation outliers
-    into the weights first (module docstring, *Scale migration*). ``keep_fp32`` names operators
+    into the weights first (module docstring, *Scale migration*). ``fp32_ffn_down_layers`` (an int
+    >= 0; None = :data:`DEFAULT_FP32_FFN_DOWN_LAYERS`) leaves the feed-forward down-projections of
+    that many leading encoder layers in fp32 (module docstring, *fp32 down-projections*); an
+    explicit count > 0 on a graph with no such projection is an error. ``keep_fp32`` names operators
     (graph node names, each an ``Attention`` or weight ``MatMul`` that would be quantized) to leave
     in fp32: the per-operator sensitivity trial of ``docs/int8-fidelity.md``.
     Every failure raises :class:`~crossrank.errors.ExportError`, an onnxruntime error as its
@@ -270,7 +278,16 @@ def quantize_int8(
     if unknown:
         raise ExportError(f"keep_fp32: {', '.join(map(repr, unknown))} is not a quantizable operator of "
                           f"{src_onnx.name} (Attention or weight MatMul node names)")
-    kept = sorted(set(keep_fp32))
+    if fp32_ffn_down_layers is not None and (isinstance(fp32_ffn_down_layers, bool)
+                                             or not isinstance(fp32_ffn_down_layers, int) or fp32_ffn_down_layers < 0):
+        raise ExportError(f"fp32_ffn_down_layers must be an integer >= 0, got {fp32_ffn_down_layers!r}")
+    ffn_layers = DEFAULT_FP32_FFN_DOWN_LAYERS if fp32_ffn_down_layers is None else fp32_ffn_down_layers
+    down = [n for n in _ffn_down_projections(model) if n in targets]
+    if fp32_ffn_down_layers and not down:
+        raise ExportError(f"fp32_ffn_down_layers={fp32_ffn_down_layers}: {src_onnx.name} has no feed-forward "
+                          "down-projection (a weight MatMul reading a GELU output); pass 0")
+    kept_down = down[:ffn_layers]
+    kept = sorted(set(keep_fp32) | set(kept_down))
     targets = {name: tensor for name, tensor in targets.items() if name not in kept}
     if not targets:
         raise ExportError(f"{src_onnx.name} has no Attention or weight MatMul to quantize"
@@ -295,6 +312,7 @@ def quantize_int8(
         "source_fused_ops": fused_ops,
         "kept_fp32": "embeddings, LayerNorm, GELU, attention softmax, pooler, classifier",
         **({"kept_fp32_nodes": kept} if kept else {}),
+        **({"fp32_ffn_down_layers": len(kept_down)} if ffn_layers else {}),
         "batch_invariant": scheme == "static",
         "isa_target": isa,
         "max_length": max_length,
@@ -438,6 +456,34 @@ def _nodes_to_quantize(model: Any) -> dict[str, str]:
         elif node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in init:
             targets[node.name] = node.input[0]
     return targets
+
+
+_GELU_OPS = frozenset({"Gelu", "BiasGelu", "FastGelu", "QuickGelu"})
+
+
+def _ffn_down_projections(model: Any) -> list[str]:
+    """Names of the weight MatMuls that read a GELU output, in graph order: the feed-forward
+    down-projection of each encoder layer (BERT/XLM-R/ELECTRA/DeBERTa: ``W2 gelu(W1 x)``;
+    GeGLU as in ModernBERT: ``W2 (gelu(a) * b)``, one ``Mul`` further back).
+
+    Fused GELU kinds (``Gelu``, ``BiasGelu``, ``FastGelu``, ``QuickGelu``) and the unfused erf /
+    tanh forms (an ``Erf`` or ``Tanh`` at most four elementwise nodes back) are recognised.
+    """
+    init = {i.name for i in model.graph.initializer}
+    producer = {out: node for node in model.graph.node for out in node.output}
+
+    def reads_gelu(tensor: str, depth: int) -> bool:
+        node = producer.get(tensor)
+        if node is None:
+            return False
+        if node.op_type in _GELU_OPS or node.op_type in ("Erf", "Tanh"):
+            return True
+        if depth < 4 and node.op_type in ("Mul", "Add", "Div"):
+            return any(reads_gelu(t, depth + 1) for t in node.input if t not in init)
+        return False
+
+    return [n.name for n in model.graph.node
+            if n.op_type == "MatMul" and n.name and len(n.input) == 2 and n.input[1] in init and reads_gelu(n.input[0], 0)]
 
 
 def _calibration_feeds(

@@ -194,12 +194,15 @@ def test_bad_requests(folder: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_int8_levers_from_the_cli_are_built_validated_and_recorded(folder: Path, src: Path, small_validation: Path) -> None:
-    """--int8-smoothing-alpha and --int8-calibration-percentile reach quantize_int8 (the manifest
-    records what was built) and the variant still passes its validation against PyTorch."""
+    """--int8-smoothing-alpha, --int8-calibration-percentile and --int8-fp32-ffn-down-layers reach
+    quantize_int8 (the manifest records what was built) and the variant still passes its
+    validation against PyTorch."""
     rc = crossrank_main(["export", "--add", "int8", str(folder), "--source", str(src), "--validation", str(small_validation),
-                         "--int8-smoothing-alpha", "0.85", "--int8-calibration-percentile", "99.999"])
+                         "--int8-smoothing-alpha", "0.85", "--int8-calibration-percentile", "99.999",
+                         "--int8-fp32-ffn-down-layers", "1"])
     assert rc == 0
     spec = load_manifest(folder).variants["int8"]
+    assert spec.settings["fp32_ffn_down_layers"] == 1 and len(spec.settings["kept_fp32_nodes"]) == 1
     assert spec.settings["smoothing"]["alpha"] == 0.85 and spec.settings["smoothing"]["inputs_migrated"] > 0
     assert spec.settings["calibration"]["method"] == "Percentile" and spec.settings["calibration"]["percentile"] == 99.999
     assert spec.validation["passed"] is True
@@ -212,6 +215,8 @@ def test_int8_levers_from_the_cli_are_built_validated_and_recorded(folder: Path,
     ({"int8_smoothing_alpha": True}, r"int8_smoothing_alpha must be a number"),
     ({"int8_calibration_percentile": 50}, r"int8_calibration_percentile must be a number in \(50, 100\]"),
     ({"int8_calibration_percentile": 99.9, "int8_scheme": "dynamic"}, "apply only to the static int8 scheme"),
+    ({"int8_fp32_ffn_down_layers": -1}, r"int8_fp32_ffn_down_layers must be an integer >= 0"),
+    ({"int8_fp32_ffn_down_layers": 2.0}, r"int8_fp32_ffn_down_layers must be an integer >= 0"),
 ])
 def test_int8_lever_values_are_checked_before_anything_is_built(folder: Path, kwargs: dict, message: str) -> None:
     before = snapshot(folder)
@@ -219,4 +224,6 @@ def test_int8_lever_values_are_checked_before_anything_is_built(folder: Path, kw
         add_variant(folder, "int8", validate=False, **kwargs)
     with pytest.raises(InvalidInputError, match="apply only when adding int8"):
         add_variant(folder, "fp16", validate=False, int8_smoothing_alpha=0.5)
+    with pytest.raises(InvalidInputError, match="apply only when adding int8"):
+        add_variant(folder, "fp16", validate=False, int8_fp32_ffn_down_layers=1)
     assert snapshot(folder) == before

@@ -307,6 +307,9 @@ def test_export_cli_passes_the_pruning_choice(monkeypatch, tmp_path: Path) -> No
         (dict(int8_scheme="static"), "apply only with int8"),
         (dict(int8=True, int8_scheme="fp8"), "int8_scheme 'fp8' is not one of static, dynamic"),
         (dict(int8=True, int8_scheme="dynamic", calibration="c.jsonl"), "only by the static int8 scheme"),
+        (dict(int8_fp32_ffn_down_layers=2), "int8_fp32_ffn_down_layers apply only with int8"),
+        (dict(int8=True, int8_fp32_ffn_down_layers=-1), "int8_fp32_ffn_down_layers must be an integer >= 0"),
+        (dict(int8=True, int8_fp32_ffn_down_layers=False), "int8_fp32_ffn_down_layers must be an integer >= 0"),
     ],
 )
 def test_export_options_name_the_wrong_option(kwargs: dict, message: str) -> None:

@@ -33,7 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
+
+from crossrank.export.quantize import DEFAULT_FP32_FFN_DOWN_LAYERS, _ffn_down_projections
 
 HERE = Path(__file__).resolve().parent
 FAMILIES: list[dict[str, Any]] = json.loads((HERE / "data" / "reranker_families.json").read_text(encoding="utf-8"))["families"]
@@ -135,6 +138,12 @@ def test_family_exports_every_variant_validated(family_exports, family_id: str, 
     assert opt["last_layer_note"]  # what was pruned, or why not
     assert m.variants["int8"].settings.get("scheme") == "static"
     assert (folder / "model.int8.onnx").is_file()
+    # every family's feed-forward down-projections are found, one per layer (int8's fp32 lever)
+    down = _ffn_down_projections(onnx.load(str(folder / "model.opt.onnx"), load_external_data=False))
+    assert len(down) == family["shrunk"]["num_hidden_layers"], down
+    kept = min(DEFAULT_FP32_FFN_DOWN_LAYERS, len(down))
+    assert m.variants["int8"].settings.get("fp32_ffn_down_layers", 0) == kept
+    assert set(down[:kept]) <= set(m.variants["int8"].settings.get("kept_fp32_nodes", []))
 
 
 def _long_document(n_words: int) -> str:

@@ -400,3 +400,57 @@ def test_a_failed_write_leaves_the_destination_as_it_was(tiny_graphs, tmp_path: 
     assert isinstance(info.value.__cause__, OSError)
     assert dst.read_bytes() == b"an earlier, good file"
     assert [p.name for p in tmp_path.iterdir()] == ["model.int8.onnx"]  # no staging leftovers
+
+
+def test_fp32_ffn_down_layers_keeps_the_leading_down_projections(tiny_graphs, tmp_path: Path) -> None:
+    import onnx
+
+    graph = onnx.load(str(tiny_graphs["opt"]))
+    producer = {o: n for n in graph.graph.node for o in n.output}
+    down = quantize._ffn_down_projections(graph)
+    # one per encoder layer, in layer order, each reading the fused GELU's output
+    layers = len({n.name.split("/layer.")[1].split("/")[0] for n in graph.graph.node if "/layer." in n.name})
+    assert len(down) == layers >= 2
+    assert [int(n.split("/layer.")[1].split("/")[0]) for n in down] == list(range(layers))
+    assert all(producer[n.input[0]].op_type in ("BiasGelu", "Gelu", "FastGelu")
+               for n in graph.graph.node if n.name in down)
+    # the unfused erf GELU of the plain graph is recognised too
+    assert len(quantize._ffn_down_projections(onnx.load(str(tiny_graphs["plain"])))) == layers
+
+    dst = tmp_path / "ffn1.onnx"
+    settings = _quantize(tiny_graphs, dst, "static", fp32_ffn_down_layers=1)
+    assert settings["kept_fp32_nodes"] == [down[0]] and settings["fp32_ffn_down_layers"] == 1
+    nodes = {n.name: n.op_type for n in onnx.load(str(dst)).graph.node}
+    assert nodes.get(down[0]) == "MatMul" and nodes.get(down[1]) != "MatMul"
+    together, alone = _scores(dst, tiny_graphs["tokenizer"])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6)  # still batch-invariant
+    # more layers than the graph has: every down-projection, and the count says how many
+    settings = _quantize(tiny_graphs, tmp_path / "all.onnx", "static", fp32_ffn_down_layers=99)
+    assert settings["kept_fp32_nodes"] == sorted(down) and settings["fp32_ffn_down_layers"] == layers
+    # 0 keeps none, writes no key
+    settings = _quantize(tiny_graphs, tmp_path / "none.onnx", "dynamic", fp32_ffn_down_layers=0)
+    assert "kept_fp32_nodes" not in settings and "fp32_ffn_down_layers" not in settings
+    for bad in (-1, True, 1.5, "2"):
+        with pytest.raises(ExportError, match="fp32_ffn_down_layers must be an integer >= 0"):
+            _quantize(tiny_graphs, tmp_path / "x.onnx", "static", fp32_ffn_down_layers=bad)
+
+
+def test_fp32_ffn_down_layers_names_a_graph_without_gelu(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w1")
+    w2 = numpy_helper.from_array(np.ones((4, 1), np.float32), "w2")
+    nodes = [helper.make_node("Cast", ["input_ids"], ["x"], to=TensorProto.FLOAT, name="cast"),
+             helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["logits"], name="down")]
+    g = helper.make_graph(nodes, "relu-ffn", [helper.make_tensor_value_info(n, TensorProto.INT64, ["b", 4]) for n in NAMES],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", 1])], [w, w2])
+    src = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    assert quantize._ffn_down_projections(onnx.load(str(src))) == []
+    with pytest.raises(ExportError, match=r"fp32_ffn_down_layers=2: relu.onnx has no feed-forward down-projection.*pass 0"):
+        quantize_int8(src, tmp_path / "x.onnx", scheme="static", calibration_pairs=None, tokenizer_json=tmp_path / "t.json",
+                      input_names=NAMES, max_length=128, fp32_ffn_down_layers=2)
+    assert not (tmp_path / "x.onnx").exists()
