@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from crossrank.manifest import ACTIVATIONS
 
-from .quantize import INT8_SCHEMES  # argparse-cheap: onnx/onnxruntime load only when quantizing
+from .quantize import DEFAULT_FP32_FFN_DOWN_LAYERS, INT8_SCHEMES  # argparse-cheap: onnx/onnxruntime load only when quantizing
 
 __all__ = ["register"]
 
@@ -38,7 +38,7 @@ def register(subparsers: Any) -> None:
                    help="static int8: clip activation ranges at percentile P in (50, 100] (default MinMax)")
     p.add_argument("--int8-fp32-ffn-down-layers", metavar="N", type=int,
                    help="int8: leave the feed-forward down-projection of the first N encoder layers in fp32 "
-                   "(default: crossrank's measured choice, docs/int8-fidelity.md)")
+                   f"(default {DEFAULT_FP32_FFN_DOWN_LAYERS}; the per-layer measurement: docs/int8-fidelity.md)")
     p.add_argument("--fp16", action="store_true", help="add the fp16 variant for the CUDA execution provider")
     p.add_argument("--activation", choices=ACTIVATIONS, help="override the score activation read from config.json")
     p.add_argument("--positive-label", metavar="L", help="label name or index that means relevant (multi-label models)")

@@ -6,6 +6,7 @@ fails before torch loads.
 """
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -119,7 +120,7 @@ class ExportOptions:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value)):
                 raise InvalidInputError(f"{name} must be a number {rule} or None, not {value!r}")
         layers = self.int8_fp32_ffn_down_layers
-        if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or layers < 0):
+        if layers is not None and (isinstance(layers, bool) or not isinstance(layers, numbers.Integral) or layers < 0):
             raise InvalidInputError(f"int8_fp32_ffn_down_layers must be an integer >= 0 or None, not {layers!r}")
         if not self.int8:
             if (self.int8_scheme is not None or self.calibration is not None or alpha is not None or percentile is not None

@@ -89,10 +89,21 @@ Scale migration (``smoothing_alpha``)
     GELU output, is migrated the same way). Measured (``docs/int8-fidelity.md``): alpha 0.85 cut
     mean |Δ logit| against fp32 by 30-38% and raised per-query Spearman on all three sets at no
     measurable speed cost, but lowered WikiQA nDCG@10, so it is opt-in; alpha <= 0.5 hurt.
+
+fp32 down-projections (``fp32_ffn_down_layers``)
+    The feed-forward down-projection reads the GELU output, the activation with the widest, most
+    skewed range of a layer, and its uint8 step makes the largest rounding error of the graph
+    (measured per operator group and per layer in ``docs/int8-fidelity.md``: the first layers'
+    matter most). ``fp32_ffn_down_layers=n`` leaves that projection fp32 in the first ``n``
+    encoder layers. It is found by structure, not by name: the weight ``MatMul`` that reads a
+    GELU output (fused ``Gelu`` / ``BiasGelu`` / ``FastGelu`` / ``QuickGelu``, the erf or tanh
+    form, or GeGLU's product), in graph order, so the option works for every family the exporter
+    supports. Each layer kept runs a third of that layer's weight products in fp32.
 """
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import platform
 import shutil
@@ -279,13 +290,18 @@ def quantize_int8(
         raise ExportError(f"keep_fp32: {', '.join(map(repr, unknown))} is not a quantizable operator of "
                           f"{src_onnx.name} (Attention or weight MatMul node names)")
     if fp32_ffn_down_layers is not None and (isinstance(fp32_ffn_down_layers, bool)
-                                             or not isinstance(fp32_ffn_down_layers, int) or fp32_ffn_down_layers < 0):
+                                             or not isinstance(fp32_ffn_down_layers, numbers.Integral)
+                                             or fp32_ffn_down_layers < 0):
         raise ExportError(f"fp32_ffn_down_layers must be an integer >= 0, got {fp32_ffn_down_layers!r}")
-    ffn_layers = DEFAULT_FP32_FFN_DOWN_LAYERS if fp32_ffn_down_layers is None else fp32_ffn_down_layers
+    ffn_layers = DEFAULT_FP32_FFN_DOWN_LAYERS if fp32_ffn_down_layers is None else int(fp32_ffn_down_layers)
     down = [n for n in _ffn_down_projections(model) if n in targets]
     if fp32_ffn_down_layers and not down:
-        raise ExportError(f"fp32_ffn_down_layers={fp32_ffn_down_layers}: {src_onnx.name} has no feed-forward "
-                          "down-projection (a weight MatMul reading a GELU output); pass 0")
+        raise ExportError(f"fp32_ffn_down_layers={fp32_ffn_down_layers} (export option int8_fp32_ffn_down_layers, "
+                          f"--int8-fp32-ffn-down-layers): {src_onnx.name} has no feed-forward down-projection "
+                          "(a weight MatMul reading a GELU output); pass 0")
+    if fp32_ffn_down_layers is not None and fp32_ffn_down_layers > len(down):
+        logger.warning("int8: %d fp32 down-projections asked for, %s has %d (one per layer); keeping all of them",
+                       fp32_ffn_down_layers, src_onnx.name, len(down))
     kept_down = down[:ffn_layers]
     kept = sorted(set(keep_fp32) | set(kept_down))
     targets = {name: tensor for name, tensor in targets.items() if name not in kept}
@@ -312,7 +328,8 @@ def quantize_int8(
         "source_fused_ops": fused_ops,
         "kept_fp32": "embeddings, LayerNorm, GELU, attention softmax, pooler, classifier",
         **({"kept_fp32_nodes": kept} if kept else {}),
-        **({"fp32_ffn_down_layers": len(kept_down)} if ffn_layers else {}),
+        # the count applied (<= the layers there are); written when asked for or when the default keeps any
+        **({"fp32_ffn_down_layers": len(kept_down)} if ffn_layers or fp32_ffn_down_layers is not None else {}),
         "batch_invariant": scheme == "static",
         "isa_target": isa,
         "max_length": max_length,
@@ -467,7 +484,8 @@ def _ffn_down_projections(model: Any) -> list[str]:
     GeGLU as in ModernBERT: ``W2 (gelu(a) * b)``, one ``Mul`` further back).
 
     Fused GELU kinds (``Gelu``, ``BiasGelu``, ``FastGelu``, ``QuickGelu``) and the unfused erf /
-    tanh forms (an ``Erf`` or ``Tanh`` at most four elementwise nodes back) are recognised.
+    tanh forms (an ``Erf`` or ``Tanh`` one to four elementwise nodes back, never the MatMul's
+    direct input) are recognised.
     """
     init = {i.name for i in model.graph.initializer}
     producer = {out: node for node in model.graph.node for out in node.output}
@@ -476,8 +494,10 @@ def _ffn_down_projections(model: Any) -> list[str]:
         node = producer.get(tensor)
         if node is None:
             return False
-        if node.op_type in _GELU_OPS or node.op_type in ("Erf", "Tanh"):
+        if node.op_type in _GELU_OPS:
             return True
+        if node.op_type in ("Erf", "Tanh"):  # erf/tanh GELU: x * 0.5 * (1 + erf(...)), never a bare Erf/Tanh
+            return depth > 0
         if depth < 4 and node.op_type in ("Mul", "Add", "Div"):
             return any(reads_gelu(t, depth + 1) for t in node.input if t not in init)
         return False

@@ -427,9 +427,9 @@ def test_fp32_ffn_down_layers_keeps_the_leading_down_projections(tiny_graphs, tm
     # more layers than the graph has: every down-projection, and the count says how many
     settings = _quantize(tiny_graphs, tmp_path / "all.onnx", "static", fp32_ffn_down_layers=99)
     assert settings["kept_fp32_nodes"] == sorted(down) and settings["fp32_ffn_down_layers"] == layers
-    # 0 keeps none, writes no key
-    settings = _quantize(tiny_graphs, tmp_path / "none.onnx", "dynamic", fp32_ffn_down_layers=0)
-    assert "kept_fp32_nodes" not in settings and "fp32_ffn_down_layers" not in settings
+    # 0 keeps none and says so
+    settings = _quantize(tiny_graphs, tmp_path / "none.onnx", "dynamic", fp32_ffn_down_layers=np.int64(0))
+    assert "kept_fp32_nodes" not in settings and settings["fp32_ffn_down_layers"] == 0
     for bad in (-1, True, 1.5, "2"):
         with pytest.raises(ExportError, match="fp32_ffn_down_layers must be an integer >= 0"):
             _quantize(tiny_graphs, tmp_path / "x.onnx", "static", fp32_ffn_down_layers=bad)
@@ -450,7 +450,12 @@ def test_fp32_ffn_down_layers_names_a_graph_without_gelu(tmp_path: Path) -> None
     src = tmp_path / "relu.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(src))
     assert quantize._ffn_down_projections(onnx.load(str(src))) == []
-    with pytest.raises(ExportError, match=r"fp32_ffn_down_layers=2: relu.onnx has no feed-forward down-projection.*pass 0"):
+    # a bare Tanh in front of a weight MatMul is not a GELU
+    g.node[2].op_type = "Tanh"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    assert quantize._ffn_down_projections(onnx.load(str(src))) == []
+    with pytest.raises(ExportError, match=r"fp32_ffn_down_layers=2 \(export option int8_fp32_ffn_down_layers, "
+                       r"--int8-fp32-ffn-down-layers\): relu.onnx has no feed-forward down-projection.*pass 0"):
         quantize_int8(src, tmp_path / "x.onnx", scheme="static", calibration_pairs=None, tokenizer_json=tmp_path / "t.json",
                       input_names=NAMES, max_length=128, fp32_ffn_down_layers=2)
     assert not (tmp_path / "x.onnx").exists()
