@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from crossrank.manifest import ACTIVATIONS
 
-from .quantize import DEFAULT_FP32_FFN_DOWN_LAYERS, INT8_SCHEMES  # argparse-cheap: onnx/onnxruntime load only when quantizing
+from .quantize import DEFAULT_FP32_FFN_DOWN_LAYERS, DEFAULT_SMOOTHING_ALPHA, INT8_SCHEMES  # argparse-cheap: onnx/onnxruntime load only when quantizing
 
 __all__ = ["register"]
 
@@ -32,8 +32,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--int8-scheme", choices=INT8_SCHEMES, help="int8 scheme: static (calibrated) or dynamic (default: crossrank's measured choice)")
     p.add_argument("--calibration", metavar="FILE", help="query/passage pairs (JSONL) to calibrate static int8 (default: built-in)")
     p.add_argument("--int8-smoothing-alpha", metavar="A", type=float,
-                   help="static int8: SmoothQuant-style scale migration with alpha A in [0, 1] (default off; 0.85 "
-                   "raised pair-level fidelity against fp32 but lost WikiQA nDCG@10: docs/int8-fidelity.md)")
+                   help=f"static int8: SmoothQuant-style scale migration with alpha A in [0, 1], 0 = off "
+                   f"(default {DEFAULT_SMOOTHING_ALPHA}; docs/int8-fidelity.md)")
     p.add_argument("--int8-calibration-percentile", metavar="P", type=float,
                    help="static int8: clip activation ranges at percentile P in (50, 100] (default MinMax)")
     p.add_argument("--int8-fp32-ffn-down-layers", metavar="N", type=int,

@@ -90,8 +90,9 @@ def export_model(
             default, :data:`crossrank.export.quantize.DEFAULT_INT8_SCHEME`.
         calibration: pairs file (see :mod:`crossrank.export.pairs`) that calibrates static int8;
             None: the built-in set.
-        int8_smoothing_alpha: static int8's SmoothQuant-style scale migration, alpha in [0, 1]
-            (None: off, the default; docs/int8-fidelity.md has the measurement).
+        int8_smoothing_alpha: static int8's SmoothQuant-style scale migration, alpha in [0, 1],
+            0 = off (None: :data:`crossrank.export.quantize.DEFAULT_SMOOTHING_ALPHA`;
+            docs/int8-fidelity.md has the measurement).
         int8_calibration_percentile: static int8 ranges clipped at this percentile in (50, 100]
             (None: MinMax, the default).
         int8_fp32_ffn_down_layers: feed-forward down-projections of this many leading layers
@@ -283,7 +284,8 @@ class BuildContext:
         num_special_tokens_pair: the manifest's template tokens per pair.
         int8_scheme: "static" or "dynamic" (None when int8 is not built).
         calibration_pairs: static int8's pairs (None: the built-in set).
-        int8_smoothing_alpha / int8_calibration_percentile: static int8's opt-in levers (None: off).
+        int8_smoothing_alpha / int8_calibration_percentile: static int8's levers (None: the
+            quantizer's defaults, alpha 0.7 and MinMax).
         int8_fp32_ffn_down_layers: down-projections left fp32 (None: the quantizer's default).
         prune_last_layer: prune the optimized graph's last layer to [CLS].
     """
@@ -536,8 +538,8 @@ def add_variant(
             the only way to add one when the source model is unreachable.
         int8_scheme: "static" or "dynamic" (int8 only; None: the default scheme).
         calibration: pairs file calibrating static int8 (None: the built-in set).
-        int8_smoothing_alpha / int8_calibration_percentile: static int8's opt-in levers
-            (:class:`~crossrank.export.options.ExportOptions`; None: off).
+        int8_smoothing_alpha / int8_calibration_percentile: static int8's levers
+            (:class:`~crossrank.export.options.ExportOptions`; None: the defaults).
         int8_fp32_ffn_down_layers: down-projections of this many leading layers left fp32
             (int8 only; None: the default).
         prune_last_layer: prune the optimized graph's last layer to [CLS] (optimized only).

@@ -6,14 +6,15 @@ Two schemes, :data:`INT8_SCHEMES`; both quantize the ORT-optimized (fused) graph
 ``static`` (the default, :data:`DEFAULT_INT8_SCHEME`)
     Weights int8, symmetric, one scale per output channel, 7-bit range. Activations uint8 with a
     scale and zero point *calibrated once* (MinMax over representative query/passage pairs by
-    default; see *Calibration range* below) and
-    frozen into the graph as constants: every ``DynamicQuantizeLinear`` that dynamic quantization
+    default; see *Calibration range* below), after SmoothQuant-style scale migration (alpha
+    :data:`DEFAULT_SMOOTHING_ALPHA`, *Scale migration*), and frozen into the graph as constants: every ``DynamicQuantizeLinear`` that dynamic quantization
     would put in front of a quantized operator becomes a ``QuantizeLinear`` with the calibrated
     constants, and each ``MatMulInteger -> Cast -> Mul(scale)`` chain becomes one
     ``com.microsoft.MatMulIntegerToFloat``. Quantized: the fused ``Attention`` (as ``QAttention``:
     the packed Q/K/V projection), the attention-output and both feed-forward projections of every
-    layer. fp32: embeddings, LayerNorm/SkipLayerNorm, GELU, the softmax and attention products
-    inside the attention kernel, the pooler and the classifier.
+    layer but the feed-forward down-projection of the first :data:`DEFAULT_FP32_FFN_DOWN_LAYERS`
+    layers (*fp32 down-projections*). fp32: those, embeddings, LayerNorm/SkipLayerNorm, GELU, the
+    softmax and attention products inside the attention kernel, the pooler and the classifier.
     Because every scale is a constant and the integer products are exact, batch mates and padding
     no longer enter a pair's quantization; what remains is the fp32 kernels' summation order
     (measured: max |Δ logit| = 0 between one padded batch of 100, length-sorted batches of 32 and
@@ -26,8 +27,9 @@ Two schemes, :data:`INT8_SCHEMES`; both quantize the ORT-optimized (fused) graph
     the min/max pass costs time on every call.
 
 Static is the default: it ranks as well as dynamic, is as fast, and is the only exactly
-batch-invariant one, and every projection is quantized; the measurements and the commands that
-made them are in ``docs/int8-scheme.md``.
+batch-invariant one; the measurements and the commands that made them are in
+``docs/int8-scheme.md``. Its migration and fp32 down-projections (since issue 14) keep the ranking
+of fp32 per query more closely, on three relevance sets: ``docs/int8-fidelity.md``.
 
 Source graph
     ``model.opt.onnx``: ONNX Runtime's transformer fusions pack Q/K/V into a com.microsoft
@@ -86,9 +88,13 @@ Scale migration (``smoothing_alpha``)
     In this post-LayerNorm graph a LayerNorm's output also feeds the residual, so its gamma/beta
     cannot absorb ``1/s``; a ``Mul`` by the constant ``1/s`` goes in front of the quantized
     operator alone (one per distinct input; the feed-forward down-projection, whose input is the
-    GELU output, is migrated the same way). Measured (``docs/int8-fidelity.md``): alpha 0.85 cut
-    mean |Δ logit| against fp32 by 30-38% and raised per-query Spearman on all three sets at no
-    measurable speed cost, but lowered WikiQA nDCG@10, so it is opt-in; alpha <= 0.5 hurt.
+    GELU output, is migrated the same way). ``smoothing_alpha=0`` turns migration off (SmoothQuant's
+    own alpha-0 point, all of the weights' range moved onto the activations, is of no use: 0.3
+    already cost 9% of WikiQA nDCG@10). Measured (``docs/int8-fidelity.md``): alone, alpha 0.85
+    cut mean |Δ logit| against fp32 by 30-38% but lowered WikiQA nDCG@10; alpha 0.7 together with
+    the fp32 down-projections of the first three layers (the default) cut it by 55-61% and raised
+    per-query Spearman, top-1 and top-5 agreement on TREC DL 2020, WikiQA and SciFact while
+    keeping >= 99.79% of fp32's nDCG@10 on each; alpha <= 0.5 hurt.
 
 fp32 down-projections (``fp32_ffn_down_layers``)
     The feed-forward down-projection reads the GELU output, the activation with the widest, most
@@ -98,7 +104,9 @@ fp32 down-projections (``fp32_ffn_down_layers``)
     encoder layers. It is found by structure, not by name: the weight ``MatMul`` that reads a
     GELU output (fused ``Gelu`` / ``BiasGelu`` / ``FastGelu`` / ``QuickGelu``, the erf or tanh
     form, or GeGLU's product), in graph order, so the option works for every family the exporter
-    supports. Each layer kept runs a third of that layer's weight products in fp32.
+    supports. Each layer kept runs a third of that layer's weight products in fp32 (default
+    :data:`DEFAULT_FP32_FFN_DOWN_LAYERS`: the first three, half of MiniLM-L6's layers, a quarter
+    of a 12-layer model's; 0 quantizes them all).
 """
 from __future__ import annotations
 
@@ -125,6 +133,7 @@ __all__ = [
     "DEFAULT_CALIBRATION_METHOD",
     "DEFAULT_CALIBRATION_PERCENTILE",
     "DEFAULT_FP32_FFN_DOWN_LAYERS",
+    "DEFAULT_SMOOTHING_ALPHA",
     "SOURCE_VARIANT",
     "BUILTIN_CALIBRATION",
     "load_calibration_pairs",
@@ -150,7 +159,9 @@ DEFAULT_CALIBRATION_PERCENTILE = 99.999
 PERCENTILE_BINS = 1 << 14
 # Leading encoder layers whose feed-forward down-projection stays fp32 (module docstring,
 # *fp32 down-projections*; measured in docs/int8-fidelity.md).
-DEFAULT_FP32_FFN_DOWN_LAYERS = 0
+DEFAULT_FP32_FFN_DOWN_LAYERS = 3
+# SmoothQuant alpha of static int8 (module docstring, *Scale migration*; docs/int8-fidelity.md).
+DEFAULT_SMOOTHING_ALPHA = 0.7
 
 # Operators only ORT's transformer optimizer writes: one of them means the graph is the fused one.
 _FUSED_OPS = frozenset(
@@ -248,8 +259,9 @@ def quantize_int8(
     ``calibration_method`` (static only; :data:`CALIBRATION_METHODS`) and, for ``"percentile"``,
     ``calibration_percentile`` (a percent in (50, 100]; None = :data:`DEFAULT_CALIBRATION_PERCENTILE`)
     choose how the calibrated values become ranges (module docstring, *Calibration range*).
-    ``smoothing_alpha`` (static only; in [0, 1]; None = no migration) moves activation outliers
-    into the weights first (module docstring, *Scale migration*). ``fp32_ffn_down_layers`` (an int
+    ``smoothing_alpha`` (static only; in [0, 1]; None = :data:`DEFAULT_SMOOTHING_ALPHA`; 0 = no
+    migration) moves activation outliers into the weights first (module docstring, *Scale
+    migration*). ``fp32_ffn_down_layers`` (an int
     >= 0; None = :data:`DEFAULT_FP32_FFN_DOWN_LAYERS`) leaves the feed-forward down-projections of
     that many leading encoder layers in fp32 (module docstring, *fp32 down-projections*); an
     explicit count > 0 on a graph with no such projection is an error. ``keep_fp32`` names operators
@@ -271,9 +283,11 @@ def quantize_int8(
     if smoothing_alpha is not None:
         if scheme != "static":
             raise ExportError(f"smoothing_alpha applies only to the static int8 scheme, not {scheme!r}")
-        if isinstance(smoothing_alpha, bool) or not isinstance(smoothing_alpha, (int, float)) \
+        if isinstance(smoothing_alpha, bool) or not isinstance(smoothing_alpha, numbers.Real) \
                 or not 0.0 <= smoothing_alpha <= 1.0:
-            raise ExportError(f"smoothing_alpha must be a number in [0, 1], got {smoothing_alpha!r}")
+            raise ExportError(f"smoothing_alpha must be a number in [0, 1] (0: off), got {smoothing_alpha!r}")
+    # static: the measured default unless asked otherwise; dynamic has no calibration to migrate with
+    alpha = (DEFAULT_SMOOTHING_ALPHA if scheme == "static" else 0.0) if smoothing_alpha is None else float(smoothing_alpha)
     onnx, onnxruntime, quantization = _import_ort()
 
     model = _load(onnx, src_onnx)  # the graph's structure only: weights stay on disk
@@ -345,12 +359,13 @@ def quantize_int8(
                     pairs, tokenizer_json=tokenizer_json, input_types=input_types,
                     input_names=input_names, max_length=max_length, num_special_tokens_pair=num_special_tokens_pair,
                 )
-                if smoothing_alpha is not None:
+                if alpha > 0.0:
                     source = Path(tmp) / "smoothed.onnx"
-                    migrated = _smooth(onnx, onnxruntime, src_onnx, source, targets, feeds, float(smoothing_alpha))
+                    migrated = _smooth(onnx, onnxruntime, src_onnx, source, targets, feeds, alpha)
                     targets = {n: t for n, t in _nodes_to_quantize(_load(onnx, source)).items() if n not in kept}
-                    settings["smoothing"] = {"method": "SmoothQuant", "alpha": float(smoothing_alpha),
-                                             "inputs_migrated": migrated}
+                    settings["smoothing"] = {"method": "SmoothQuant", "alpha": alpha, "inputs_migrated": migrated}
+                else:
+                    settings["smoothing"] = None  # turned off (0): said, so it is not mistaken for an older file
                 # the range of every quantized operator's activation input, on the fp32 graph
                 ranges = _activation_ranges(onnx, onnxruntime, source, sorted(set(targets.values())), feeds,
                                             percentile=percentile)

@@ -19,7 +19,9 @@ from crossrank.export.quantize import (
     CALIBRATION_METHODS,
     DEFAULT_CALIBRATION_METHOD,
     DEFAULT_CALIBRATION_PERCENTILE,
+    DEFAULT_FP32_FFN_DOWN_LAYERS,
     DEFAULT_INT8_SCHEME,
+    DEFAULT_SMOOTHING_ALPHA,
     INT8_SCHEMES,
     SOURCE_VARIANT,
     detect_isa,
@@ -28,6 +30,8 @@ from crossrank.export.quantize import (
 )
 
 NAMES = ["input_ids", "attention_mask", "token_type_ids"]
+# every operator quantized, no scale migration: what the mechanics tests below count
+BARE = {"fp32_ffn_down_layers": 0, "smoothing_alpha": 0}
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,13 +180,25 @@ def test_static_int8_freezes_scales_and_is_batch_invariant(tiny_graphs, tmp_path
     assert settings["reduce_range"] is True and settings["per_channel"] is True
     assert settings["isa_target"] == detect_isa()
     # counted in the written graph: layer 0 QAttention + 3 MatMulIntegerToFloat; the last layer,
-    # pruned to [CLS] by optimize_graph, 5 (query, packed key/value, output, two feed-forward)
-    assert settings["attention_quantized"] == 1 and settings["nodes_quantized"] == settings["nodes_targeted"] == 9
-    assert settings["matmul_integer_to_float"] == 8
+    # pruned to [CLS] by optimize_graph, 5 (query, packed key/value, output, two feed-forward);
+    # by default the feed-forward down-projections of the first three layers (both of these) stay fp32
+    assert DEFAULT_FP32_FFN_DOWN_LAYERS >= 2 and settings["fp32_ffn_down_layers"] == 2
+    assert len(settings["kept_fp32_nodes"]) == 2 and all("/output/dense/" in n for n in settings["kept_fp32_nodes"])
+    assert settings["attention_quantized"] == 1 and settings["nodes_quantized"] == settings["nodes_targeted"] == 7
+    assert settings["matmul_integer_to_float"] == 6
     cal = settings["calibration"]
     assert cal["method"] == "MinMax" and cal["source"] == "built-in"
-    assert cal["pairs"] == len(load_calibration_pairs(None)) and cal["frozen_quantizers"] == 9
+    assert cal["pairs"] == len(load_calibration_pairs(None)) and cal["frozen_quantizers"] == 7
+    assert settings["smoothing"]["alpha"] == DEFAULT_SMOOTHING_ALPHA and settings["smoothing"]["inputs_migrated"] > 0
     json.dumps(settings)  # goes into the manifest as it is
+    # everything quantized, no migration: the operators the scheme can quantize
+    bare = _quantize(tiny_graphs, tmp_path / "bare.onnx", "static", fp32_ffn_down_layers=0, smoothing_alpha=0)
+    assert bare["nodes_quantized"] == bare["nodes_targeted"] == 9 and bare["matmul_integer_to_float"] == 8
+    import onnx
+
+    assert bare["smoothing"] is None
+    assert not any(n.name.endswith("_smooth") for n in onnx.load(str(tmp_path / "bare.onnx")).graph.node)
+    assert any(n.name.endswith("_smooth") for n in onnx.load(str(dst)).graph.node)
 
     together, alone = _scores(dst, tiny_graphs["tokenizer"])
     np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6)
@@ -220,15 +236,15 @@ def _quantizer_scales(path: Path) -> dict[str, float]:
 def test_percentile_calibration_clips_ranges_and_stays_batch_invariant(tiny_graphs, tmp_path: Path) -> None:
     assert DEFAULT_CALIBRATION_METHOD == "minmax" and set(CALIBRATION_METHODS) == {"minmax", "percentile"}
     minmax, clipped, full = tmp_path / "minmax.onnx", tmp_path / "p99.onnx", tmp_path / "p100.onnx"
-    _quantize(tiny_graphs, minmax, "static")
-    settings = _quantize(tiny_graphs, clipped, "static", calibration_method="percentile", calibration_percentile=99.0)
+    _quantize(tiny_graphs, minmax, "static", **BARE)
+    settings = _quantize(tiny_graphs, clipped, "static", **BARE, calibration_method="percentile", calibration_percentile=99.0)
     cal = settings["calibration"]
     assert cal["method"] == "Percentile" and cal["percentile"] == 99.0
     assert cal["histogram_bins"] == quantize.PERCENTILE_BINS and cal["frozen_quantizers"] == 9
     json.dumps(settings)
-    default = _quantize(tiny_graphs, tmp_path / "pdefault.onnx", "static", calibration_method="percentile")
+    default = _quantize(tiny_graphs, tmp_path / "pdefault.onnx", "static", **BARE, calibration_method="percentile")
     assert default["calibration"]["percentile"] == DEFAULT_CALIBRATION_PERCENTILE
-    _quantize(tiny_graphs, full, "static", calibration_method="percentile", calibration_percentile=100)
+    _quantize(tiny_graphs, full, "static", **BARE, calibration_method="percentile", calibration_percentile=100)
 
     m, c, f = _quantizer_scales(minmax), _quantizer_scales(clipped), _quantizer_scales(full)
     assert m.keys() == c.keys() == f.keys() and len(m) == 9
@@ -303,8 +319,8 @@ def test_scale_migration_is_exact_in_fp32_and_flattens_the_ranges(tiny_graphs, t
 
 def test_static_int8_with_scale_migration(tiny_graphs, tmp_path: Path) -> None:
     plain, smooth = tmp_path / "plain.onnx", tmp_path / "smooth.onnx"
-    _quantize(tiny_graphs, plain, "static")
-    settings = _quantize(tiny_graphs, smooth, "static", smoothing_alpha=0.5)
+    _quantize(tiny_graphs, plain, "static", **BARE)
+    settings = _quantize(tiny_graphs, smooth, "static", fp32_ffn_down_layers=0, smoothing_alpha=0.5)
     assert settings["smoothing"] == {"method": "SmoothQuant", "alpha": 0.5, "inputs_migrated": 9}
     assert settings["nodes_quantized"] == settings["nodes_targeted"] == 9
     assert "Mul" in _ops(smooth) and "DynamicQuantizeLinear" not in _ops(smooth)
@@ -315,7 +331,7 @@ def test_static_int8_with_scale_migration(tiny_graphs, tmp_path: Path) -> None:
     base, _ = _scores(plain, tiny_graphs["tokenizer"])
     assert not np.array_equal(together, base)
     assert np.abs(together - ref).max() < 0.5 * (np.abs(ref).max() + 1e-3)
-    assert "smoothing" not in _quantize(tiny_graphs, plain, "static")  # the default writes no such key
+    assert _quantize(tiny_graphs, plain, "static", smoothing_alpha=0)["smoothing"] is None  # off, and said so
 
 
 def test_keep_fp32_leaves_the_named_operators_unquantized(tiny_graphs, tmp_path: Path) -> None:
@@ -325,7 +341,7 @@ def test_keep_fp32_leaves_the_named_operators_unquantized(tiny_graphs, tmp_path:
     attention = [n for n in names if n.startswith("Attention")]
     keep = attention + [names[-1]]
     dst = tmp_path / "keep.onnx"
-    settings = _quantize(tiny_graphs, dst, "static", keep_fp32=keep)
+    settings = _quantize(tiny_graphs, dst, "static", fp32_ffn_down_layers=0, keep_fp32=keep)
     assert settings["kept_fp32_nodes"] == sorted(keep)
     assert settings["nodes_targeted"] == settings["nodes_quantized"] == len(names) - len(keep)
     assert settings["attention_quantized"] == 0 and settings["calibration"]["frozen_quantizers"] == len(names) - len(keep)
@@ -334,13 +350,13 @@ def test_keep_fp32_leaves_the_named_operators_unquantized(tiny_graphs, tmp_path:
     assert "QAttention" not in nodes.values()
     together, alone = _scores(dst, tiny_graphs["tokenizer"])
     np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6)
-    assert "kept_fp32_nodes" not in _quantize(tiny_graphs, tmp_path / "all.onnx", "static")
+    assert "kept_fp32_nodes" not in _quantize(tiny_graphs, tmp_path / "all.onnx", "static", fp32_ffn_down_layers=0)
     with pytest.raises(ExportError, match="'nope' is not a quantizable operator"):
         _quantize(tiny_graphs, tmp_path / "x.onnx", "static", keep_fp32=["nope"])
     with pytest.raises(ExportError, match="sequence of node names, not the string"):
         _quantize(tiny_graphs, tmp_path / "x.onnx", "static", keep_fp32=names[0])
     with pytest.raises(ExportError, match="once keep_fp32 is left out"):
-        _quantize(tiny_graphs, tmp_path / "x.onnx", "static", keep_fp32=names)
+        _quantize(tiny_graphs, tmp_path / "x.onnx", "static", fp32_ffn_down_layers=0, keep_fp32=names)
 
 
 def test_dynamic_int8_keeps_per_call_scales(tiny_graphs, tmp_path: Path) -> None:
