@@ -45,6 +45,8 @@ dyn-fused-s8-tensor        quantize_dynamic on the fused graph, s8 weights per t
 dyn-fused-u8-channel       quantize_dynamic on the fused graph, u8 weights per channel (U8U8)
 dyn-plain-st               sentence-transformers' avx2 recipe (optimum AutoQuantizationConfig.avx2:
                            plain graph, dynamic, u8 weights per channel, all IntegerOps)
+static-fastgelu            crossrank static on the fused graph with BiasGelu (erf) swapped for
+                           FastGelu (tanh approximation): approximate GELU, a floor lever
 static-qdq-plain-naive     quantize_static QDQ on the plain graph with ORT's defaults (s8
                            activations and weights, per channel, MatMul)
 static-qdq-plain-repaired  the same made usable: u8 activations, 7-bit weights, weight MatMuls
@@ -376,12 +378,30 @@ def build_candidates(plain: Path, opt: Path, tokenizer: Path, work: Path, max_le
         if repaired:
             _keep_residual_fp32(out)
 
+    def fastgelu(out: Path) -> None:
+        """The default int8 of the fused graph with its exact (erf) BiasGelu swapped for
+        com.microsoft FastGelu (tanh approximation, same inputs: x and bias): the floor study's
+        approximate-GELU lever."""
+        g = onnx.load(str(opt))
+        swapped = 0
+        for node in g.graph.node:
+            if node.op_type == "BiasGelu" and node.domain == "com.microsoft":
+                node.op_type = "FastGelu"
+                swapped += 1
+        if not swapped:
+            raise SystemExit(f"{opt} has no BiasGelu to approximate")
+        approx = out.with_name("fastgelu.opt.onnx")
+        onnx.save(g, str(approx))
+        quantize_int8(approx, out, scheme="static", calibration_pairs=None, tokenizer_json=tokenizer,
+                      input_names=list(INPUTS), max_length=max_length)
+
     builtin = lambda: load_calibration_pairs(None)  # noqa: E731
     held = lambda: heldout_pairs(data)  # noqa: E731
     return Candidates({
         "fp32": lambda: plain,
         "optimized": lambda: opt,
         "crossrank-static": cached("crossrank-static", crossrank("static")),
+        "static-fastgelu": cached("static-fastgelu", fastgelu),
         "crossrank-dynamic": cached("crossrank-dynamic", crossrank("dynamic")),
         "dyn-fused-s8-tensor": cached("dyn-fused-s8-tensor", lambda out: quantize_dynamic(
             str(opt), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Attention"],
