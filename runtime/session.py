@@ -273,7 +273,15 @@ class OnnxSession:
         self.cached_graph: Path | None = None  # the optimized graph this session was started from, if any
         self.data_files = _data_files(self.model_path, manifest)
         if provider == "cuda":
-            providers: list[Any] = [(_ORT_PROVIDER["cuda"], {"device_id": options.device_id}), _ORT_PROVIDER["cpu"]]
+            cuda_options: dict[str, Any] = {"device_id": options.device_id}
+            precision = next((v.precision for v in manifest.variants.values() if v.file == self.model_path.name), None)
+            if precision == "fp32":
+                # onnxruntime's CUDA provider multiplies fp32 in TF32 by default (10-bit mantissa) on
+                # Ampere and later: the real MiniLM-L6's fp32 variant then moved 2.2e-3 logit from the
+                # CPU's on an H200 (benchmarks/gpu_check.py, docs/gpu.md). An fp32 variant promises fp32
+                # numerics; fp16 is the fast one on a GPU.
+                cuda_options["use_tf32"] = 0
+            providers: list[Any] = [(_ORT_PROVIDER["cuda"], cuda_options), _ORT_PROVIDER["cpu"]]
         else:
             providers = [_ORT_PROVIDER["cpu"]]
         with ort_errors(self.model_path, providers=[_ORT_PROVIDER[provider]]):
