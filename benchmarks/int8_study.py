@@ -38,8 +38,13 @@ Candidates (``--candidates`` takes a comma list of these names):
 =========================  ===================================================================
 fp32                       plain optimum export (the reference)
 optimized                  ORT transformer fusions (Attention, SkipLayerNorm, BiasGelu...)
-crossrank-static           crossrank.export.quantize, scheme "static" (the default)
-crossrank-dynamic          crossrank.export.quantize, scheme "dynamic"
+crossrank-static           crossrank.export.quantize, scheme "static" as it was before issue 14
+                           (MinMax, no scale migration, every projection int8); every
+                           ``static-*`` name below starts from it
+crossrank-default          crossrank.export.quantize with nothing set: today's default (scale
+                           migration at 0.7, first three FFN down-projections fp32; the same
+                           graph as ``static-keep-ffn-down@012-smooth-a0.7`` on MiniLM-L6)
+crossrank-dynamic          crossrank.export.quantize, scheme "dynamic", every projection int8
 dyn-fused-s8-tensor        quantize_dynamic on the fused graph, s8 weights per tensor, full range
                            (the issue's quick prototype)
 dyn-fused-u8-channel       quantize_dynamic on the fused graph, u8 weights per channel (U8U8)
@@ -272,6 +277,10 @@ def heldout_pairs(data: Path) -> list[tuple[str, str]]:
     return [(r["query"], c["text"]) for r in recs for c in r["candidates"][:20]]
 
 
+# quantize_int8 options that give the scheme as it was before issue 14 (no migration, every projection int8)
+BARE = {"static": {"smoothing_alpha": 0, "fp32_ffn_down_layers": 0}, "dynamic": {"fp32_ffn_down_layers": 0}}
+
+
 def build_candidates(plain: Path, opt: Path, tokenizer: Path, work: Path, max_length: int,
                      data: Path | None = None) -> dict[str, Callable[[], Path]]:
     import onnx
@@ -292,6 +301,9 @@ def build_candidates(plain: Path, opt: Path, tokenizer: Path, work: Path, max_le
         return build
 
     def crossrank(scheme: str, pairs: Callable[[], list] | None = None, **options):
+        # the candidates are levers over the bare scheme (the default before issue 14), so that a
+        # name builds the same graph whatever quantize_int8's defaults are today
+        options = {**BARE[scheme], **options}
         return lambda out: quantize_int8(opt, out, scheme=scheme, calibration_pairs=None if pairs is None else pairs(),
                                          tokenizer_json=tokenizer, input_names=list(INPUTS), max_length=max_length,
                                          **options)
@@ -345,7 +357,8 @@ def build_candidates(plain: Path, opt: Path, tokenizer: Path, work: Path, max_le
             names = list(_nodes_to_quantize(_onnx.load(str(opt), load_external_data=False)))
             kept = [n for n in names if any(g(n) and (ls is None or layer_of(n) in ls) for g, ls in picks)]
             quantize_int8(opt, out, scheme="static", calibration_pairs=None, tokenizer_json=tokenizer,
-                          input_names=list(INPUTS), max_length=max_length, keep_fp32=kept, **options)
+                          input_names=list(INPUTS), max_length=max_length, keep_fp32=kept,
+                          **{**BARE["static"], **options})
         return cached(f"static-keep-{spec}", make)
 
     class Candidates(dict):
@@ -393,7 +406,7 @@ def build_candidates(plain: Path, opt: Path, tokenizer: Path, work: Path, max_le
         approx = out.with_name("fastgelu.opt.onnx")
         onnx.save(g, str(approx))
         quantize_int8(approx, out, scheme="static", calibration_pairs=None, tokenizer_json=tokenizer,
-                      input_names=list(INPUTS), max_length=max_length)
+                      input_names=list(INPUTS), max_length=max_length, **BARE["static"])
 
     builtin = lambda: load_calibration_pairs(None)  # noqa: E731
     held = lambda: heldout_pairs(data)  # noqa: E731
@@ -401,6 +414,9 @@ def build_candidates(plain: Path, opt: Path, tokenizer: Path, work: Path, max_le
         "fp32": lambda: plain,
         "optimized": lambda: opt,
         "crossrank-static": cached("crossrank-static", crossrank("static")),
+        "crossrank-default": cached("crossrank-default", lambda out: quantize_int8(
+            opt, out, scheme="static", calibration_pairs=None, tokenizer_json=tokenizer, input_names=list(INPUTS),
+            max_length=max_length)),
         "static-fastgelu": cached("static-fastgelu", fastgelu),
         "crossrank-dynamic": cached("crossrank-dynamic", crossrank("dynamic")),
         "dyn-fused-s8-tensor": cached("dyn-fused-s8-tensor", lambda out: quantize_dynamic(

@@ -216,13 +216,16 @@ def test_variant_precision_providers_and_int8_settings(exported) -> None:
     assert v.settings["source_variant"] == quantize.SOURCE_VARIANT[scheme]
     assert v.settings["isa_target"] == quantize.detect_isa()
     int8_weights = _int8_initializers(out / v.file)
-    # every projection of both layers is int8: 4 weights per layer where Q/K/V are packed into one
-    # fused Attention (QAttention), 6 weight MatMuls per layer where the optimizer fused no attention
+    # every projection of both layers is int8 (4 weights per layer where Q/K/V are packed into one
+    # fused Attention (QAttention), 6 weight MatMuls per layer where the optimizer fused no
+    # attention) but the feed-forward down-projections the default keeps fp32: both layers' here
     attention_fused = m.variants["optimized"].settings["attention_fused"]
     pruned = m.variants["optimized"].settings["last_layer_pruned"]
     # a pruned last layer has no Attention node (its Q and K/V projections are plain MatMuls)
     assert v.settings["attention_quantized"] == (2 - pruned if attention_fused else 0)
-    assert int8_weights >= 2 * (4 if attention_fused else 6), int8_weights
+    kept = v.settings["fp32_ffn_down_layers"]
+    assert kept == min(quantize.DEFAULT_FP32_FFN_DOWN_LAYERS, 2) and len(v.settings["kept_fp32_nodes"]) == kept
+    assert int8_weights >= 2 * (4 if attention_fused else 6) - kept, int8_weights
     ops = {n.op_type for n in __import__("onnx").load(str(out / v.file)).graph.node}
     # static: no activation range is computed per call, so no pair depends on its batch mates
     assert ("DynamicQuantizeLinear" in ops) == (scheme == "dynamic"), ops
