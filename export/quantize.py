@@ -308,7 +308,7 @@ def quantize_int8(
                                              or fp32_ffn_down_layers < 0):
         raise ExportError(f"fp32_ffn_down_layers must be an integer >= 0, got {fp32_ffn_down_layers!r}")
     ffn_layers = DEFAULT_FP32_FFN_DOWN_LAYERS if fp32_ffn_down_layers is None else int(fp32_ffn_down_layers)
-    down = [n for n in _ffn_down_projections(model) if n in targets]
+    down = _ffn_down_projections(model, targets)
     if fp32_ffn_down_layers and not down:
         raise ExportError(f"fp32_ffn_down_layers={fp32_ffn_down_layers} (export option int8_fp32_ffn_down_layers, "
                           f"--int8-fp32-ffn-down-layers): {src_onnx.name} has no feed-forward down-projection "
@@ -493,8 +493,9 @@ def _nodes_to_quantize(model: Any) -> dict[str, str]:
 _GELU_OPS = frozenset({"Gelu", "BiasGelu", "FastGelu", "QuickGelu"})
 
 
-def _ffn_down_projections(model: Any) -> list[str]:
-    """Names of the weight MatMuls that read a GELU output, in graph order: the feed-forward
+def _ffn_down_projections(model: Any, targets: dict[str, str] | None = None) -> list[str]:
+    """Names of the quantizable operators (``targets``, :func:`_nodes_to_quantize`'s map; None:
+    computed here) that read a GELU output, in graph order: the feed-forward
     down-projection of each encoder layer (BERT/XLM-R/ELECTRA/DeBERTa: ``W2 gelu(W1 x)``;
     GeGLU as in ModernBERT: ``W2 (gelu(a) * b)``, one ``Mul`` further back).
 
@@ -517,8 +518,8 @@ def _ffn_down_projections(model: Any) -> list[str]:
             return any(reads_gelu(t, depth + 1) for t in node.input if t not in init)
         return False
 
-    return [n.name for n in model.graph.node
-            if n.op_type == "MatMul" and n.name and len(n.input) == 2 and n.input[1] in init and reads_gelu(n.input[0], 0)]
+    targets = _nodes_to_quantize(model) if targets is None else targets
+    return [name for name, tensor in targets.items() if reads_gelu(tensor, 0)]
 
 
 def _calibration_feeds(
