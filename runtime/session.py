@@ -271,11 +271,11 @@ class OnnxSession:
         ort = _ort()
         self.model_path = Path(model_path)
         self.cached_graph: Path | None = None  # the optimized graph this session was started from, if any
-        self.data_files = _data_files(self.model_path, manifest)
+        spec = next((v for v in manifest.variants.values() if v.file == self.model_path.name), None)
+        self.data_files = _data_files(self.model_path, spec)
         if provider == "cuda":
             cuda_options: dict[str, Any] = {"device_id": options.device_id}
-            precision = next((v.precision for v in manifest.variants.values() if v.file == self.model_path.name), None)
-            if precision == "fp32":
+            if spec is not None and spec.precision == "fp32":
                 # onnxruntime's CUDA provider multiplies fp32 in TF32 by default (10-bit mantissa) on
                 # Ampere and later: the real MiniLM-L6's fp32 variant then moved 2.2e-3 logit from the
                 # CPU's on an H200 (benchmarks/gpu_check.py, docs/gpu.md). An fp32 variant promises fp32
@@ -411,9 +411,9 @@ class OnnxSession:
         return out.astype(np.float32, copy=False)
 
 
-def _data_files(model_path: Path, manifest: Manifest) -> tuple[Path, ...]:
-    """The external data files the manifest lists for ``model_path``, each checked to exist."""
-    spec = next((v for v in manifest.variants.values() if v.file == model_path.name), None)
+def _data_files(model_path: Path, spec: Any) -> tuple[Path, ...]:
+    """The external data files the manifest lists for ``model_path`` (``spec``: its variant entry,
+    None when the manifest has none for it), each checked to exist."""
     files = tuple(model_path.parent / d.file for d in (spec.data_files if spec is not None else ()))
     for path in files:
         if not path.is_file():
